@@ -1,0 +1,153 @@
+//! [`TaskHandle`]: what every `schedule` returns.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::sync::futures::Notified;
+
+use crate::registry::TaskCell;
+use crate::{TaskError, TaskId, TaskInfo};
+
+/// A scheduled task, seen from outside: its id, its state, its outcome.
+///
+/// Dropping the handle changes nothing: tasks are fire-and-forget, and the
+/// handle only watches. It is cheap to clone.
+#[derive(Clone)]
+pub struct TaskHandle {
+    cell: Arc<TaskCell>,
+}
+
+impl TaskHandle {
+    pub(crate) fn new(cell: Arc<TaskCell>) -> Self {
+        TaskHandle { cell }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.cell.id
+    }
+
+    /// A snapshot of the task.
+    pub fn info(&self) -> TaskInfo {
+        self.cell.info()
+    }
+
+    /// Whether the task has started running.
+    pub fn is_started(&self) -> bool {
+        self.cell.is_started()
+    }
+
+    /// Whether the task has ended (its error handler, if any, has returned).
+    pub fn is_finished(&self) -> bool {
+        self.cell.is_ended()
+    }
+
+    /// The outcome, if the task has ended.
+    pub fn try_outcome(&self) -> Option<Result<(), TaskError>> {
+        self.cell.outcome().cloned()
+    }
+
+    /// Resolves when the task starts, or when it ends without starting
+    /// (cancelled or rejected before its turn).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it changes nothing.
+    pub fn started(&self) -> Started<'_> {
+        Started {
+            cell: &self.cell,
+            notified: self.cell.notify.notified(),
+        }
+    }
+
+    /// Resolves to the task's outcome once it has ended and its error
+    /// handler, if any, has returned.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it changes nothing, and it can be awaited again.
+    pub fn outcome(&self) -> Outcome<'_> {
+        Outcome {
+            cell: &self.cell,
+            notified: self.cell.notify.notified(),
+        }
+    }
+}
+
+impl fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", &self.cell.id)
+            .field("name", &self.cell.name)
+            .field("started", &self.is_started())
+            .field("outcome", &self.cell.outcome())
+            .finish()
+    }
+}
+
+pin_project! {
+    /// Resolves when the task starts or ends; from [`TaskHandle::started`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Started<'a> {
+        cell: &'a TaskCell,
+        #[pin]
+        notified: Notified<'a>,
+    }
+}
+
+impl Future for Started<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            // `notified` predates this check: a start after it wakes us.
+            if this.cell.is_started() || this.cell.is_ended() {
+                return Poll::Ready(());
+            }
+            ready!(this.notified.as_mut().poll(cx));
+            this.notified.set(this.cell.notify.notified());
+        }
+    }
+}
+
+pin_project! {
+    /// Resolves to the task's outcome; from [`TaskHandle::outcome`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Outcome<'a> {
+        cell: &'a TaskCell,
+        #[pin]
+        notified: Notified<'a>,
+    }
+}
+
+impl Future for Outcome<'_> {
+    type Output = Result<(), TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            if let Some(outcome) = this.cell.outcome() {
+                return Poll::Ready(outcome.clone());
+            }
+            ready!(this.notified.as_mut().poll(cx));
+            this.notified.set(this.cell.notify.notified());
+        }
+    }
+}
+
+impl fmt::Debug for Started<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Started").field("task", &self.cell.id).finish()
+    }
+}
+
+impl fmt::Debug for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outcome").field("task", &self.cell.id).finish()
+    }
+}

@@ -1,0 +1,110 @@
+//! What a handler, a log line or a snapshot sees of a task.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Method;
+
+use crate::Phase;
+use crate::mode::ModeKind;
+
+/// A task's identifier, unique within its [`Background`](crate::Background).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub(crate) u64);
+
+impl TaskId {
+    /// The id as a number (ids count up from 1 in schedule order).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// A snapshot of a task: who it is, where it came from, how far it got.
+///
+/// The fields are public to read; the same-named methods return the same
+/// values, borrowed where that saves a clone.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TaskInfo {
+    /// The task's id.
+    pub id: TaskId,
+    /// Its name: per-task `.name(..)`, else the task type's name, else the
+    /// default config's name, else one derived from the future or closure.
+    pub name: Cow<'static, str>,
+    /// The phase it was scheduled in.
+    pub phase: Phase,
+    /// The mode it runs in.
+    pub mode: ModeKind,
+    /// Whether it is shielded from cancellation at shutdown.
+    pub shielded: bool,
+    /// When `schedule` was called.
+    pub scheduled_at: Instant,
+    /// When it started running; `None` while it waits for its phase or a slot.
+    pub started_at: Option<Instant>,
+    /// The method of the request it was scheduled from; `None` outside a request.
+    pub method: Option<Method>,
+    /// The path of the request it was scheduled from; `None` outside a request.
+    pub path: Option<Arc<str>>,
+    /// How many times it has been started (0 before its first run).
+    pub attempts: u32,
+}
+
+impl TaskInfo {
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// The task's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The phase it was scheduled in.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The mode it runs in.
+    pub fn mode(&self) -> ModeKind {
+        self.mode
+    }
+
+    /// Whether it is shielded.
+    pub fn shielded(&self) -> bool {
+        self.shielded
+    }
+
+    /// When `schedule` was called.
+    pub fn scheduled_at(&self) -> Instant {
+        self.scheduled_at
+    }
+
+    /// When it started running, if it has.
+    pub fn started_at(&self) -> Option<Instant> {
+        self.started_at
+    }
+
+    /// The method of the request it was scheduled from.
+    pub fn method(&self) -> Option<&Method> {
+        self.method.as_ref()
+    }
+
+    /// The path of the request it was scheduled from.
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+
+    /// How many times it has been started.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}

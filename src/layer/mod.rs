@@ -1,0 +1,43 @@
+//! The tower layer: gives each request its [`Tasks`](crate::Tasks) and fires
+//! the after-route and after-response phases.
+//!
+//! - [`BackgroundService::call`] puts the request's scope in its extensions;
+//! - [`ResponseFuture`] fires after-route when the inner future yields the
+//!   response (and both phases if it is dropped before then);
+//! - [`ResponseBody`] fires after-response once: at the end of the stream, on a
+//!   body error, or when the body is dropped early.
+
+mod body;
+mod future;
+mod service;
+
+pub use body::ResponseBody;
+pub use future::ResponseFuture;
+pub use service::{BackgroundLayer, BackgroundService};
+
+use std::sync::Arc;
+
+use crate::Phase;
+use crate::request::RequestScope;
+
+/// Reaches a phase of the request at most once, and on drop reaches the end,
+/// so no deferred task is ever left behind.
+struct PhaseGuard {
+    /// `Some` until the last phase this guard is responsible for is reached.
+    scope: Option<Arc<RequestScope>>,
+}
+
+impl PhaseGuard {
+    fn reach_end(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            scope.reach(Phase::AfterResponse);
+        }
+    }
+}
+
+impl Drop for PhaseGuard {
+    fn drop(&mut self) {
+        // Only hands the deferred tasks to the spawner: nothing here panics.
+        self.reach_end();
+    }
+}

@@ -1,0 +1,109 @@
+//! Per-request background tasks for axum, with precise timing control.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use axum::{Router, routing::post, http::StatusCode};
+//! use axum_background::{mode, Background, BackgroundTask, BoxError, Tasks};
+//!
+//! struct Welcome { email: String }
+//!
+//! impl BackgroundTask for Welcome {
+//!     type Mode = mode::Async; // on the tokio runtime: never block here
+//!     async fn run(self) -> Result<(), BoxError> {
+//!         println!("welcome mail to {}", self.email);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! async fn register(tasks: Tasks) -> StatusCode {
+//!     tasks.schedule(Welcome { email: "ada@example.com".into() }); // now
+//!     tasks.after_route().schedule(|| println!("audit line"));      // sync: blocking pool
+//!     tasks.after_response().schedule(async { println!("metrics") }); // after the body is sent
+//!     StatusCode::CREATED
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let background = Background::new();
+//! let app = Router::new()
+//!     .route("/register", post(register))
+//!     .layer(background.layer());
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let serve = async move {
+//! axum::serve(listener, app)
+//!     .with_graceful_shutdown(async { /* ctrl-c */ })
+//!     .await?;
+//! # Ok::<(), BoxError>(()) };
+//! # serve.await?;
+//! let report = background.shutdown(Duration::from_secs(30)).await;
+//! println!("{} tasks cut short", report.cancelled.len() + report.overdue.len());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # When each phase fires
+//!
+//! | phase | scheduled with | starts |
+//! |---|---|---|
+//! | [`Phase::Immediate`] | `tasks.schedule(t)` | before `schedule` returns, alongside the handler |
+//! | [`Phase::AfterRoute`] | `tasks.after_route().schedule(t)` | when the handler has produced its response, before the head is sent |
+//! | [`Phase::AfterResponse`] | `tasks.after_response().schedule(t)` | when the body's last frame has been polled, or the body is dropped (client gone) |
+//!
+//! Every immediate task of a request starts before its after-route tasks, and
+//! those before its after-response tasks; within a phase, in schedule order.
+//! A handler that returns an error response still has its tasks run; if the
+//! handler's future is dropped (client gone, outer timeout), its pending tasks
+//! start then. Nothing scheduled is dropped on the floor.
+//!
+//! # Sync and async
+//!
+//! A task's mode is part of its type. [`mode::Async`] tasks (and any future
+//! passed to `schedule`) run on the tokio runtime; [`mode::Sync`] tasks (and
+//! [`BlockingTask`]s, and any closure passed to `schedule`) run on tokio's
+//! blocking pool, where blocking is fine.
+//!
+//! # Errors
+//!
+//! Every outcome other than success is logged with `tracing` and passed,
+//! exactly once, to the task's error handler (see [`ErrorHandler`]), or else
+//! the default config's. A panic in a task or a handler never reaches the
+//! server.
+//!
+//! # Feature flags
+//!
+//! | Name | Description | Default? |
+//! |---|---|---|
+//! | (none yet) | | |
+
+mod background;
+mod config;
+mod error;
+mod extractor;
+mod handle;
+mod handler;
+mod info;
+pub mod layer;
+pub mod mode;
+mod phase;
+mod registry;
+mod request;
+mod runner;
+mod shutdown;
+mod task;
+
+pub use background::{Background, BackgroundBuilder};
+pub use config::TaskConfig;
+pub use error::{RejectReason, TaskError};
+pub use extractor::{ConfiguredTasks, MissingBackgroundLayer, TaskBuilder, Tasks};
+pub use handle::{Outcome, Started, TaskHandle};
+pub use handler::{ErrorHandler, IntoErrorHandler, SharedErrorHandler};
+pub use info::{TaskId, TaskInfo};
+pub use phase::Phase;
+pub use registry::{Stats, WaitIdle};
+pub use shutdown::{IntoShutdownHook, ShutdownHook, ShutdownReport, shutdown_signal};
+pub use task::{BackgroundTask, BlockingTask, IntoBackgroundTask, TaskResult};
+
+/// The error type tasks may return: any error that is `Send + Sync`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,111 @@
+//! Outcome counters and the [`Stats`] snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::TaskError;
+
+/// Counters of everything a [`Background`](crate::Background) has scheduled.
+///
+/// Whenever nothing is changing (after [`wait_idle`](crate::Background::wait_idle),
+/// after `shutdown`):
+///
+/// `scheduled == queued + running + completed + failed + panicked + timed_out + cancelled + rejected`
+///
+/// A snapshot taken under load is off by at most the tasks changing state
+/// while it is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Every `schedule` call, rejected ones included.
+    pub scheduled: u64,
+    /// Waiting to start: for their phase, or for a slot.
+    pub queued: u64,
+    /// Started and not yet ended (their error handler included).
+    pub running: u64,
+    /// Ended with success.
+    pub completed: u64,
+    /// Ended by returning an error.
+    pub failed: u64,
+    /// Ended by panicking.
+    pub panicked: u64,
+    /// Ended by running past their timeout.
+    pub timed_out: u64,
+    /// Ended by cancellation.
+    pub cancelled: u64,
+    /// Never admitted.
+    pub rejected: u64,
+}
+
+impl Stats {
+    /// Tasks in flight: `queued + running`.
+    pub fn in_flight(&self) -> u64 {
+        self.queued + self.running
+    }
+
+    /// Tasks that have ended, whatever the outcome.
+    pub fn ended(&self) -> u64 {
+        self.completed + self.failed + self.panicked + self.timed_out + self.cancelled + self.rejected
+    }
+}
+
+/// The live counters behind [`Stats`].
+///
+/// Every counter is a statistic, not a synchronisation point: `Relaxed`
+/// suffices, and `Registry::end` publishes them with the `Release` decrement
+/// of the in-flight count that `wait_idle` reads with `Acquire`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    scheduled: AtomicU64,
+    queued: AtomicU64,
+    running: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    panicked: AtomicU64,
+    timed_out: AtomicU64,
+    cancelled: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn scheduled(&self) {
+        self.scheduled.fetch_add(1, Ordering::Relaxed);
+        self.queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn started(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ended(&self, was_started: bool, outcome: &Result<(), TaskError>) {
+        if was_started {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        let counter = match outcome {
+            Ok(()) => &self.completed,
+            Err(TaskError::Failed(_)) => &self.failed,
+            Err(TaskError::Panicked(_)) => &self.panicked,
+            Err(TaskError::TimedOut) => &self.timed_out,
+            Err(TaskError::Cancelled) => &self.cancelled,
+            Err(TaskError::Rejected(_)) => &self.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            scheduled: read(&self.scheduled),
+            queued: read(&self.queued),
+            running: read(&self.running),
+            completed: read(&self.completed),
+            failed: read(&self.failed),
+            panicked: read(&self.panicked),
+            timed_out: read(&self.timed_out),
+            cancelled: read(&self.cancelled),
+            rejected: read(&self.rejected),
+        }
+    }
+}

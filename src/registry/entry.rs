@@ -1,0 +1,222 @@
+//! One task's shared state, and its RAII membership in the registry.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
+
+use crate::background::Shared;
+use crate::handler::SharedErrorHandler;
+use crate::mode::ModeKind;
+use crate::request::RequestMeta;
+use crate::{Phase, TaskError, TaskId, TaskInfo};
+
+/// Registered, waiting for its phase, a slot or a worker.
+const QUEUED: u8 = 0;
+/// Its work has started.
+const RUNNING: u8 = 1;
+/// Its outcome is decided and being reported (logged, handed to its handler).
+const FINISHING: u8 = 2;
+/// Its outcome is published and it has left the registry.
+const ENDED: u8 = 3;
+
+/// What the registry, the task's handle and its runner share.
+///
+/// `state` only moves forward: `QUEUED -> RUNNING -> FINISHING -> ENDED`, or
+/// `QUEUED -> FINISHING` for a task that never starts. The move to
+/// `FINISHING` is a compare-and-swap: whoever wins it reports the outcome, so
+/// each task is reported exactly once.
+pub(crate) struct TaskCell {
+    pub(crate) id: TaskId,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) phase: Phase,
+    pub(crate) mode: ModeKind,
+    pub(crate) shielded: bool,
+    pub(crate) scheduled_at: Instant,
+    /// `Some` when the task was scheduled from a request.
+    pub(crate) request: Option<Arc<RequestMeta>>,
+    /// `Some` when the merged config names a handler.
+    pub(crate) on_error: Option<SharedErrorHandler>,
+    state: AtomicU8,
+    /// Set once, when the task starts.
+    started_at: OnceLock<Instant>,
+    attempts: AtomicU32,
+    cancel_requested: AtomicBool,
+    /// The running future's waker, woken by `request_cancel`.
+    waker: AtomicWaker,
+    /// Set once, just before the state becomes `ENDED`.
+    outcome: OnceLock<Result<(), TaskError>>,
+    /// Wakes handle futures on start and on end.
+    pub(crate) notify: Notify,
+}
+
+pub(crate) struct NewTask {
+    pub(crate) id: TaskId,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) phase: Phase,
+    pub(crate) mode: ModeKind,
+    pub(crate) shielded: bool,
+    pub(crate) request: Option<Arc<RequestMeta>>,
+    pub(crate) on_error: Option<SharedErrorHandler>,
+}
+
+impl TaskCell {
+    pub(crate) fn new(task: NewTask) -> Self {
+        TaskCell {
+            id: task.id,
+            name: task.name,
+            phase: task.phase,
+            mode: task.mode,
+            shielded: task.shielded,
+            scheduled_at: Instant::now(),
+            request: task.request,
+            on_error: task.on_error,
+            state: AtomicU8::new(QUEUED),
+            started_at: OnceLock::new(),
+            attempts: AtomicU32::new(0),
+            cancel_requested: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            outcome: OnceLock::new(),
+            notify: Notify::new(),
+        }
+    }
+
+    /// A snapshot for handlers, handles and reports.
+    pub(crate) fn info(&self) -> TaskInfo {
+        TaskInfo {
+            id: self.id,
+            name: self.name.clone(),
+            phase: self.phase,
+            mode: self.mode,
+            shielded: self.shielded,
+            scheduled_at: self.scheduled_at,
+            started_at: self.started_at.get().copied(),
+            method: self.request.as_ref().map(|r| r.method.clone()),
+            path: self.request.as_ref().map(|r| r.path.clone()),
+            attempts: self.attempts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `QUEUED -> RUNNING`; false if the task was ended before it started.
+    pub(crate) fn try_start(&self) -> bool {
+        // AcqRel: pairs with the CAS in `try_finish`, so that exactly one wins.
+        let won = self
+            .state
+            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            let _ = self.started_at.set(Instant::now());
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            self.notify.notify_waiters();
+        }
+        won
+    }
+
+    /// Claims the right to report the outcome. Returns whether the task had
+    /// started, or `None` if someone else already claimed it.
+    pub(crate) fn try_finish(&self) -> Option<bool> {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current >= FINISHING {
+                return None;
+            }
+            match self.state.compare_exchange(
+                current,
+                FINISHING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(current == RUNNING),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// `QUEUED -> FINISHING`: claims a task that has not started, so that it
+    /// never will.
+    pub(crate) fn try_finish_queued(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, FINISHING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Publishes the outcome (once the claimant has reported it) and wakes
+    /// every handle future.
+    pub(crate) fn publish(&self, outcome: Result<(), TaskError>) {
+        let _ = self.outcome.set(outcome);
+        // Release: a reader that sees ENDED sees the outcome.
+        self.state.store(ENDED, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_started(&self) -> bool {
+        self.started_at.get().is_some()
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ENDED
+    }
+
+    pub(crate) fn outcome(&self) -> Option<&Result<(), TaskError>> {
+        self.outcome.get()
+    }
+
+    /// Asks the running future to stop at its next poll.
+    pub(crate) fn request_cancel(&self) {
+        // Release/Acquire with `poll_cancelled`: the flag is seen after the wake.
+        self.cancel_requested.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub(crate) fn is_cancel_requested(&self) -> bool {
+        self.cancel_requested.load(Ordering::Acquire)
+    }
+
+    /// Ready once cancellation has been requested; registers the waker first
+    /// so that a request made after the check still wakes this task.
+    pub(crate) fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_cancel_requested() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_cancel_requested() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// A task's membership in the registry, moved into the work that runs it.
+///
+/// Normally the runner reports the outcome and the membership drops quietly.
+/// If the work is dropped without reporting (the runtime shut down under it),
+/// the drop reports the task as cancelled, so no task is ever lost from the
+/// counters, the registry or its handle.
+pub(crate) struct Membership {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) cell: Arc<TaskCell>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if let Some(was_started) = self.cell.try_finish() {
+            self.shared
+                .report_dropped(&self.cell, was_started, Err(TaskError::Cancelled));
+        }
+    }
+}
+
+impl std::fmt::Debug for TaskCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskCell")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}

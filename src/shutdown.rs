@@ -1,0 +1,335 @@
+//! Graceful shutdown: [`Background::shutdown`], [`ShutdownReport`] and [`ShutdownHook`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::time::Instant;
+
+use crate::background::{Background, Shared};
+use crate::registry::TaskCell;
+use crate::{TaskError, TaskId, TaskInfo};
+
+/// What [`Background::shutdown`] did with every task in flight when it began.
+///
+/// Each such task is in exactly one list.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Ran to an end during shutdown, whatever the result (completed, failed,
+    /// panicked, timed out): shielded tasks that made it, and tasks that ended
+    /// on their own before being cancelled.
+    pub completed: Vec<TaskInfo>,
+    /// Cancelled, or never started, before the deadline.
+    pub cancelled: Vec<TaskInfo>,
+    /// Still running (or waiting to start) at the deadline; their outcome is
+    /// [`TaskError::Cancelled`]. A sync task among them cannot be interrupted:
+    /// its thread runs on.
+    pub overdue: Vec<TaskInfo>,
+}
+
+impl ShutdownReport {
+    /// Tasks that ran to an end during shutdown.
+    pub fn completed(&self) -> &[TaskInfo] {
+        &self.completed
+    }
+
+    /// Tasks cancelled or never started before the deadline.
+    pub fn cancelled(&self) -> &[TaskInfo] {
+        &self.cancelled
+    }
+
+    /// Tasks still in flight at the deadline.
+    pub fn overdue(&self) -> &[TaskInfo] {
+        &self.overdue
+    }
+
+    /// How many tasks the report covers.
+    pub fn len(&self) -> usize {
+        self.completed.len() + self.cancelled.len() + self.overdue.len()
+    }
+
+    /// Whether no task was in flight when shutdown began.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A plugin run by [`Background::shutdown`] after the tasks have settled.
+///
+/// Closures work too: any `Fn() -> impl Future<Output = ()>` (such as an
+/// `async fn flush_metrics()`) is a hook.
+///
+/// ```
+/// use axum_background::{Background, ShutdownHook};
+///
+/// struct FlushLogs;
+///
+/// impl ShutdownHook for FlushLogs {
+///     async fn on_shutdown(&self) { /* flush */ }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let background = Background::builder()
+///     .shutdown_hook(FlushLogs)
+///     .shutdown_hook(|| async { println!("bye") })
+///     .build();
+/// # }
+/// ```
+pub trait ShutdownHook: Send + Sync + 'static {
+    /// Runs once, during shutdown.
+    fn on_shutdown(&self) -> impl Future<Output = ()> + Send;
+}
+
+type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+trait DynShutdownHook: Send + Sync + 'static {
+    fn on_shutdown_boxed(&self) -> BoxFuture<'_>;
+}
+
+impl<H: ShutdownHook> DynShutdownHook for H {
+    fn on_shutdown_boxed(&self) -> BoxFuture<'_> {
+        Box::pin(self.on_shutdown())
+    }
+}
+
+/// Anything `shutdown_hook` accepts: a [`ShutdownHook`], or a
+/// `Fn() -> impl Future<Output = ()>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used as a shutdown hook",
+    note = "shutdown_hook accepts a type implementing `ShutdownHook`, or a `Fn() -> impl Future<Output = ()> + Send` such as an `async fn`"
+)]
+pub trait IntoShutdownHook<M>: Send + Sync + 'static {
+    #[doc(hidden)]
+    fn into_hook(self) -> SharedShutdownHook;
+}
+
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum PluginHook {}
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum FnHook {}
+
+/// A type-erased shutdown hook.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct SharedShutdownHook {
+    hook: Arc<dyn DynShutdownHook>,
+    type_name: &'static str,
+}
+
+impl fmt::Debug for SharedShutdownHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SharedShutdownHook").field(&self.type_name).finish()
+    }
+}
+
+impl<H: ShutdownHook> IntoShutdownHook<PluginHook> for H {
+    fn into_hook(self) -> SharedShutdownHook {
+        SharedShutdownHook {
+            hook: Arc::new(self),
+            type_name: std::any::type_name::<H>(),
+        }
+    }
+}
+
+struct FnShutdownHook<F>(F);
+
+impl<F, Fut> ShutdownHook for FnShutdownHook<F>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    fn on_shutdown(&self) -> impl Future<Output = ()> + Send {
+        (self.0)()
+    }
+}
+
+impl<F, Fut> IntoShutdownHook<FnHook> for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    fn into_hook(self) -> SharedShutdownHook {
+        SharedShutdownHook {
+            hook: Arc::new(FnShutdownHook(self)),
+            type_name: std::any::type_name::<F>(),
+        }
+    }
+}
+
+/// The hooks a `Background` runs at shutdown, in registration order.
+#[derive(Clone, Default)]
+pub(crate) struct ShutdownHooks(Vec<SharedShutdownHook>);
+
+impl ShutdownHooks {
+    pub(crate) fn push<H: IntoShutdownHook<M>, M>(&mut self, hook: H) {
+        self.0.push(hook.into_hook());
+    }
+
+    async fn run(&self) {
+        for hook in &self.0 {
+            let run = std::panic::AssertUnwindSafe(hook.hook.on_shutdown_boxed()).catch_unwind();
+            if run.await.is_err() {
+                tracing::error!(hook = hook.type_name, "shutdown hook panicked");
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ShutdownHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|hook| hook.type_name))
+            .finish()
+    }
+}
+
+impl Background {
+    /// Shuts down gracefully, after the server has stopped taking requests
+    /// (`axum::serve(..).with_graceful_shutdown(..)` has returned), and says
+    /// what became of every task in flight.
+    ///
+    /// In order:
+    /// 1. new schedules are rejected ([`TaskError::Rejected`], reported like
+    ///    any failure; nothing panics);
+    /// 2. unshielded tasks are cancelled: async ones are dropped at their next
+    ///    poll, queued ones never start; a running sync task cannot be
+    ///    interrupted, so its cancellation is only signalled and it is waited
+    ///    for like a shielded one;
+    /// 3. the rest run to their end, up to `grace`; those still in flight then
+    ///    are cancelled and listed as [`overdue`](ShutdownReport::overdue);
+    /// 4. the registered [`ShutdownHook`]s run;
+    /// 5. the [`ShutdownReport`] lists each task that was in flight when
+    ///    shutdown began in exactly one of its lists.
+    ///
+    /// Calling it again returns a report of what was still in flight then.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping it part-way leaves new schedules rejected and
+    /// the cancelled tasks cancelled, but skips the deadline and the hooks.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let shared = &self.shared;
+        // SeqCst: pairs with the load in `Shared::schedule` (see there).
+        shared.closing.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + grace;
+        let mut cells = shared.registry.cells();
+        cells.sort_by_key(|cell| cell.id);
+        tracing::info!(in_flight = cells.len(), ?grace, "background shutdown started");
+
+        for cell in cells.iter().filter(|cell| !cell.shielded) {
+            shared.cancel(cell);
+        }
+
+        let mut overdue = Vec::new();
+        for cell in &cells {
+            let ended = tokio::time::timeout_at(deadline, cell_ended(cell)).await;
+            if ended.is_err() {
+                overdue.push(Arc::clone(cell));
+            }
+        }
+        let overdue_ids: HashSet<TaskId> = overdue.iter().map(|cell| cell.id).collect();
+        let mut report = ShutdownReport::default();
+        for cell in &overdue {
+            cell.request_cancel();
+            if let Some(was_started) = cell.try_finish() {
+                let info = cell.info();
+                tracing::warn!(task.id = %info.id, task.name = %info.name, "task outlived the shutdown grace period");
+                shared.report(cell, was_started, Err(TaskError::Cancelled)).await;
+            }
+        }
+
+        shared.hooks.run().await;
+
+        for cell in cells {
+            let info = cell.info();
+            if overdue_ids.contains(&cell.id) {
+                report.overdue.push(info);
+                continue;
+            }
+            match cell.outcome() {
+                Some(Err(TaskError::Cancelled | TaskError::Rejected(_))) | None => report.cancelled.push(info),
+                Some(_) => report.completed.push(info),
+            }
+        }
+        tracing::info!(
+            completed = report.completed.len(),
+            cancelled = report.cancelled.len(),
+            overdue = report.overdue.len(),
+            "background shutdown finished"
+        );
+        report
+    }
+}
+
+impl Shared {
+    /// Cancels one task: a queued one ends now without starting; a running
+    /// one is asked to stop (async: dropped at its next poll; sync: signalled).
+    pub(crate) fn cancel(self: &Arc<Self>, cell: &Arc<TaskCell>) {
+        cell.request_cancel();
+        if cell.try_finish_queued() {
+            self.report_dropped(cell, false, Err(TaskError::Cancelled));
+        }
+    }
+}
+
+/// Resolves when `cell` has ended.
+async fn cell_ended(cell: &TaskCell) {
+    loop {
+        let notified = cell.notify.notified();
+        if cell.is_ended() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM: the signal to pass to
+/// `axum::serve(..).with_graceful_shutdown(..)`.
+///
+/// If a signal handler cannot be installed, that is logged and the signal is
+/// never awaited (the other still is).
+///
+/// ```no_run
+/// # async fn run(listener: tokio::net::TcpListener, app: axum::Router, background: axum_background::Background) -> std::io::Result<()> {
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(axum_background::shutdown_signal())
+///     .await?;
+/// let report = background.shutdown(std::time::Duration::from_secs(30)).await;
+/// # Ok(()) }
+/// ```
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received: shutting down"),
+        () = terminate => tracing::info!("SIGTERM received: shutting down"),
+    }
+}

@@ -1,0 +1,290 @@
+//! What can be scheduled: named task types, futures and closures.
+
+use std::borrow::Cow;
+use std::future::Future;
+
+use futures_util::FutureExt;
+
+use crate::BoxError;
+use crate::mode::{self, Mode};
+
+/// A named background task type; its mode is fixed at compile time by [`Mode`](BackgroundTask::Mode).
+///
+/// Implement it with an `async fn run`; the future it returns must be `Send`.
+/// `R` is what `run` returns: `Result<(), E>` with `E: Into<BoxError>` (the
+/// default is `Result<(), BoxError>`), or `()` for a task that cannot fail.
+///
+/// ```
+/// use axum_background::{mode, BackgroundTask, BoxError};
+///
+/// struct Welcome { email: String }
+///
+/// impl BackgroundTask for Welcome {
+///     type Mode = mode::Async; // on the tokio runtime: never block here
+///     async fn run(self) -> Result<(), BoxError> {
+///         // send the email over HTTP ...
+///         # let _ = self.email;
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// A `mode::Sync` task runs on tokio's blocking pool: it may block, and it
+/// may still `.await` (its future is driven there with `Handle::block_on`).
+/// For a task that only blocks, [`BlockingTask`] is shorter.
+pub trait BackgroundTask<R: TaskResult = Result<(), BoxError>>: Send + Sized + 'static {
+    /// [`mode::Async`] (the runtime) or [`mode::Sync`] (the blocking pool).
+    type Mode: Mode;
+
+    /// The task's work.
+    fn run(self) -> impl Future<Output = R> + Send;
+
+    /// The name logs, spans and [`TaskInfo`](crate::TaskInfo) show; by default
+    /// the type's name without its module path. A per-task `.name(..)` wins.
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Borrowed(short_type_name(std::any::type_name::<Self>()))
+    }
+}
+
+/// A [`mode::Sync`] task written as a plain `fn run`: sugar for a
+/// [`BackgroundTask`] that runs on the blocking pool.
+///
+/// ```
+/// use axum_background::BlockingTask;
+///
+/// struct Cleanup;
+///
+/// impl BlockingTask<()> for Cleanup {
+///     fn run(self) {
+///         // std::fs work, a sync-only client, ...
+///     }
+/// }
+/// ```
+pub trait BlockingTask<R: TaskResult = Result<(), BoxError>>: Send + Sized + 'static {
+    /// The task's blocking work.
+    fn run(self) -> R;
+
+    /// As [`BackgroundTask::name`].
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Borrowed(short_type_name(std::any::type_name::<Self>()))
+    }
+}
+
+impl<T, R> BackgroundTask<R> for T
+where
+    T: BlockingTask<R>,
+    R: TaskResult,
+{
+    type Mode = mode::Sync;
+
+    async fn run(self) -> R {
+        BlockingTask::run(self)
+    }
+
+    fn name(&self) -> Cow<'static, str> {
+        BlockingTask::name(self)
+    }
+}
+
+/// What a task may return: `()` or `Result<(), E>` with `E: Into<BoxError>`.
+pub trait TaskResult: Send + 'static {
+    /// Converts to the crate's common result.
+    fn into_result(self) -> Result<(), BoxError>;
+}
+
+impl TaskResult for () {
+    fn into_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E> TaskResult for Result<(), E>
+where
+    E: Into<BoxError> + Send + 'static,
+{
+    fn into_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// Anything `schedule` accepts; `M` is a marker that keeps the forms apart.
+///
+/// Implemented for named [`BackgroundTask`] and [`BlockingTask`] types, for any
+/// `Send + 'static` future (runs in [`mode::Async`]) and for any
+/// `FnOnce() + Send + 'static` closure (runs in [`mode::Sync`]); each may
+/// return `()` or `Result<(), E>` with `E: Into<BoxError>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be scheduled as a background task",
+    label = "not a task, a future or a closure",
+    note = "schedule accepts: a type implementing `BackgroundTask` or `BlockingTask`; \
+            a `Future + Send + 'static` (async mode); an `FnOnce() + Send + 'static` closure (sync mode)",
+    note = "each must return `()` or `Result<(), E>` with `E: Into<BoxError>`"
+)]
+pub trait IntoBackgroundTask<M>: Send + Sized + 'static {
+    /// The mode the task runs in.
+    type Mode: Mode;
+
+    /// The task's own name, for named task types.
+    #[doc(hidden)]
+    fn own_name(&self) -> Option<Cow<'static, str>>;
+
+    /// A name derived from the type: an `async fn`'s name, or the function a
+    /// closure or `async` block was written in.
+    #[doc(hidden)]
+    fn derived_name() -> &'static str {
+        derived_name(std::any::type_name::<Self>())
+    }
+
+    /// The task's work as a future of the crate's common result.
+    #[doc(hidden)]
+    fn into_work(self) -> impl Future<Output = Result<(), BoxError>> + Send + 'static;
+}
+
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum NamedTask {}
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum FutureTask {}
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum ClosureTask {}
+
+impl<T, R> IntoBackgroundTask<(NamedTask, R)> for T
+where
+    T: BackgroundTask<R>,
+    R: TaskResult,
+{
+    type Mode = T::Mode;
+
+    fn own_name(&self) -> Option<Cow<'static, str>> {
+        Some(BackgroundTask::name(self))
+    }
+
+    fn into_work(self) -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
+        BackgroundTask::run(self).map(TaskResult::into_result)
+    }
+}
+
+impl<F, R> IntoBackgroundTask<(FutureTask, R)> for F
+where
+    F: Future<Output = R> + Send + 'static,
+    R: TaskResult,
+{
+    type Mode = mode::Async;
+
+    fn own_name(&self) -> Option<Cow<'static, str>> {
+        None
+    }
+
+    fn into_work(self) -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
+        self.map(TaskResult::into_result)
+    }
+}
+
+impl<F, R> IntoBackgroundTask<(ClosureTask, R)> for F
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: TaskResult,
+{
+    type Mode = mode::Sync;
+
+    fn own_name(&self) -> Option<Cow<'static, str>> {
+        None
+    }
+
+    async fn into_work(self) -> Result<(), BoxError> {
+        self().into_result()
+    }
+}
+
+/// The top-level `::`-separated segments of a type path (those inside `<..>`
+/// stay whole), without allocating: names are derived on every `schedule`.
+struct Segments<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        let bytes = rest.as_bytes();
+        let mut depth = 0usize;
+        for i in 0..bytes.len() {
+            match bytes[i] {
+                b'<' => depth += 1,
+                b'>' => depth = depth.saturating_sub(1),
+                b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') => {
+                    self.rest = Some(&rest[i + 2..]);
+                    return Some(&rest[..i]);
+                }
+                _ => {}
+            }
+        }
+        self.rest = None;
+        Some(rest)
+    }
+}
+
+fn segments(path: &str) -> Segments<'_> {
+    Segments { rest: Some(path) }
+}
+
+/// `app::tasks::Welcome` → `Welcome`; generic arguments are kept.
+pub(crate) fn short_type_name(path: &'static str) -> &'static str {
+    segments(path).last().unwrap_or(path)
+}
+
+/// `app::send_audit::{{closure}}` → `send_audit`;
+/// `app::register::{{closure}}::{{closure}}` → `register`.
+pub(crate) fn derived_name(path: &'static str) -> &'static str {
+    let name = segments(path)
+        .filter(|s| !s.starts_with('{') && !s.starts_with('<'))
+        .last()
+        .unwrap_or(path);
+    // `send::<u32>` or `Foo<T>`: the name is what precedes the generics.
+    name.split('<').next().unwrap_or(name).trim_end_matches("::")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_drop_the_module_path() {
+        assert_eq!(short_type_name("app::tasks::Welcome"), "Welcome");
+        assert_eq!(short_type_name("Welcome"), "Welcome");
+        assert_eq!(
+            short_type_name("app::Wrap<app::inner::Job>"),
+            "Wrap<app::inner::Job>"
+        );
+    }
+
+    #[test]
+    fn derived_names_name_the_function() {
+        assert_eq!(derived_name("app::send_audit::{{closure}}"), "send_audit");
+        assert_eq!(
+            derived_name("app::handlers::register::{{closure}}::{{closure}}"),
+            "register"
+        );
+        assert_eq!(derived_name("app::send::<u32>::{{closure}}"), "send");
+        assert_eq!(derived_name("core::future::Ready<()>"), "Ready");
+    }
+
+    #[test]
+    fn real_async_fn_and_closure_names() {
+        async fn send_audit() {}
+        fn closure_in_here() -> &'static str {
+            fn name_of<T>(_: &T) -> &'static str {
+                derived_name(std::any::type_name::<T>())
+            }
+            name_of(&|| ())
+        }
+        fn name_of<T>(_: &T) -> &'static str {
+            derived_name(std::any::type_name::<T>())
+        }
+        assert_eq!(name_of(&send_audit()), "send_audit");
+        assert_eq!(closure_in_here(), "closure_in_here");
+    }
+}
