@@ -79,6 +79,7 @@
 
 mod background;
 mod config;
+mod context;
 mod error;
 mod extractor;
 mod handle;
@@ -95,6 +96,7 @@ mod task;
 
 pub use background::{Background, BackgroundBuilder};
 pub use config::TaskConfig;
+pub use context::TaskContext;
 pub use error::{RejectReason, TaskError};
 pub use extractor::{ConfiguredTasks, MissingBackgroundLayer, TaskBuilder, Tasks};
 pub use handle::{Outcome, Started, TaskHandle};

@@ -28,11 +28,8 @@ where
         return;
     }
     membership.shared.registry.counters.started();
-    let outcome = match (Cancellable {
-        cell,
-        work: AssertUnwindSafe(work).catch_unwind(),
-    })
-    .await
+    let work = crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind());
+    let outcome = match (Cancellable { cell, work }).await
     {
         Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(error))) => Err(TaskError::Failed(Arc::from(error))),

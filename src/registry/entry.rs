@@ -1,13 +1,14 @@
 //! One task's shared state, and its RAII membership in the registry.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::background::Shared;
 use crate::handler::SharedErrorHandler;
@@ -48,6 +49,8 @@ pub(crate) struct TaskCell {
     cancel_requested: AtomicBool,
     /// The running future's waker, woken by `request_cancel`.
     waker: AtomicWaker,
+    /// `Some` once the task has asked for a token (see `TaskContext`).
+    token: OnceLock<CancellationToken>,
     /// Set once, just before the state becomes `ENDED`.
     outcome: OnceLock<Result<(), TaskError>>,
     /// Wakes handle futures on start and on end.
@@ -80,6 +83,7 @@ impl TaskCell {
             attempts: AtomicU32::new(0),
             cancel_requested: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            token: OnceLock::new(),
             outcome: OnceLock::new(),
             notify: Notify::new(),
         }
@@ -165,11 +169,28 @@ impl TaskCell {
         self.outcome.get()
     }
 
-    /// Asks the running future to stop at its next poll.
+    /// Asks the running future to stop at its next poll, and fires the
+    /// task's token if it has one.
     pub(crate) fn request_cancel(&self) {
-        // Release/Acquire with `poll_cancelled`: the flag is seen after the wake.
-        self.cancel_requested.store(true, Ordering::Release);
+        self.cancel_requested.store(true, Ordering::SeqCst);
+        // SeqCst fence, paired with the one in `cancellation_token`: either
+        // this sees the token, or the token's creator sees the flag.
+        fence(Ordering::SeqCst);
+        if let Some(token) = self.token.get() {
+            token.cancel();
+        }
         self.waker.wake();
+    }
+
+    /// The task's token, created on first use; already cancelled if the task
+    /// was asked to stop before.
+    pub(crate) fn cancellation_token(&self) -> CancellationToken {
+        let token = self.token.get_or_init(CancellationToken::new).clone();
+        fence(Ordering::SeqCst);
+        if self.cancel_requested.load(Ordering::SeqCst) {
+            token.cancel();
+        }
+        token
     }
 
     pub(crate) fn is_cancel_requested(&self) -> bool {
