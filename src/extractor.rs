@@ -9,13 +9,13 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
+use crate::Phase;
 use crate::background::Shared;
 use crate::config::TaskConfig;
 use crate::handle::TaskHandle;
 use crate::handler::IntoErrorHandler;
 use crate::request::RequestScope;
 use crate::task::IntoBackgroundTask;
-use crate::Phase;
 
 /// The request's background-task scheduler: an axum extractor.
 ///
@@ -151,10 +151,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Tasks {
 impl<S: Send + Sync> OptionalFromRequestParts<S> for Tasks {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Self::Rejection> {
-        Ok(<Tasks as FromRequestParts<S>>::from_request_parts(parts, state)
-            .await
-            .ok())
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(
+            <Tasks as FromRequestParts<S>>::from_request_parts(parts, state)
+                .await
+                .ok(),
+        )
     }
 }
 

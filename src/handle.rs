@@ -142,12 +142,16 @@ impl Future for Outcome<'_> {
 
 impl fmt::Debug for Started<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Started").field("task", &self.cell.id).finish()
+        f.debug_struct("Started")
+            .field("task", &self.cell.id)
+            .finish()
     }
 }
 
 impl fmt::Debug for Outcome<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outcome").field("task", &self.cell.id).finish()
+        f.debug_struct("Outcome")
+            .field("task", &self.cell.id)
+            .finish()
     }
 }

@@ -66,7 +66,10 @@ impl RequestScope {
     }
 
     pub(crate) fn meta(&self, parts: &Parts) -> Arc<RequestMeta> {
-        Arc::clone(self.meta.get_or_init(|| Arc::new(RequestMeta::from_parts(parts))))
+        Arc::clone(
+            self.meta
+                .get_or_init(|| Arc::new(RequestMeta::from_parts(parts))),
+        )
     }
 
     pub(crate) fn request_meta(&self) -> Option<Arc<RequestMeta>> {

@@ -29,8 +29,7 @@ where
     }
     membership.shared.registry.counters.started();
     let work = crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind());
-    let outcome = match (Cancellable { cell, work }).await
-    {
+    let outcome = match (Cancellable { cell, work }).await {
         Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(error))) => Err(TaskError::Failed(Arc::from(error))),
         Some(Err(payload)) => Err(TaskError::Panicked(panic_message(&*payload))),
@@ -66,7 +65,12 @@ impl<W: Future> Future for Cancellable<'_, W> {
 impl Shared {
     /// Logs a task's outcome, hands a failure to its error handler, then ends
     /// the task. The caller must have won `try_finish`.
-    pub(crate) async fn report(&self, cell: &TaskCell, was_started: bool, outcome: Result<(), TaskError>) {
+    pub(crate) async fn report(
+        &self,
+        cell: &TaskCell,
+        was_started: bool,
+        outcome: Result<(), TaskError>,
+    ) {
         if let Err(error) = &outcome {
             let info = cell.info();
             log_failure(&info, error);
@@ -84,7 +88,12 @@ impl Shared {
     /// `schedule` call). A sync handler is called in place; an async one runs
     /// on the runtime when there is one, and is skipped (with an error logged)
     /// when there is not.
-    pub(crate) fn report_dropped(self: &Arc<Self>, cell: &Arc<TaskCell>, was_started: bool, outcome: Result<(), TaskError>) {
+    pub(crate) fn report_dropped(
+        self: &Arc<Self>,
+        cell: &Arc<TaskCell>,
+        was_started: bool,
+        outcome: Result<(), TaskError>,
+    ) {
         let Err(error) = &outcome else {
             self.registry.end(cell, was_started, outcome);
             return;
@@ -93,7 +102,9 @@ impl Shared {
             (Some(handler), Some(runtime)) if !handler.is_sync() => {
                 let shared = Arc::clone(self);
                 let cell = Arc::clone(cell);
-                drop(runtime.spawn(async move { shared.report(&cell, was_started, outcome).await }));
+                drop(
+                    runtime.spawn(async move { shared.report(&cell, was_started, outcome).await }),
+                );
             }
             (handler, _) => {
                 let info = cell.info();

@@ -127,7 +127,9 @@ pub struct SharedShutdownHook {
 
 impl fmt::Debug for SharedShutdownHook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SharedShutdownHook").field(&self.type_name).finish()
+        f.debug_tuple("SharedShutdownHook")
+            .field(&self.type_name)
+            .finish()
     }
 }
 
@@ -223,7 +225,11 @@ impl Background {
         let deadline = Instant::now() + grace;
         let mut cells = shared.registry.cells();
         cells.sort_by_key(|cell| cell.id);
-        tracing::info!(in_flight = cells.len(), ?grace, "background shutdown started");
+        tracing::info!(
+            in_flight = cells.len(),
+            ?grace,
+            "background shutdown started"
+        );
 
         for cell in cells.iter().filter(|cell| !cell.shielded) {
             shared.cancel(cell);
@@ -243,7 +249,9 @@ impl Background {
             if let Some(was_started) = cell.try_finish() {
                 let info = cell.info();
                 tracing::warn!(task.id = %info.id, task.name = %info.name, "task outlived the shutdown grace period");
-                shared.report(cell, was_started, Err(TaskError::Cancelled)).await;
+                shared
+                    .report(cell, was_started, Err(TaskError::Cancelled))
+                    .await;
             }
         }
 
@@ -256,7 +264,9 @@ impl Background {
                 continue;
             }
             match cell.outcome() {
-                Some(Err(TaskError::Cancelled | TaskError::Rejected(_))) | None => report.cancelled.push(info),
+                Some(Err(TaskError::Cancelled | TaskError::Rejected(_))) | None => {
+                    report.cancelled.push(info)
+                }
                 Some(_) => report.completed.push(info),
             }
         }

@@ -244,7 +244,10 @@ pub(crate) fn derived_name(path: &'static str) -> &'static str {
         .last()
         .unwrap_or(path);
     // `send::<u32>` or `Foo<T>`: the name is what precedes the generics.
-    name.split('<').next().unwrap_or(name).trim_end_matches("::")
+    name.split('<')
+        .next()
+        .unwrap_or(name)
+        .trim_end_matches("::")
 }
 
 #[cfg(test)]

@@ -44,7 +44,12 @@ impl Stats {
 
     /// Tasks that have ended, whatever the outcome.
     pub fn ended(&self) -> u64 {
-        self.completed + self.failed + self.panicked + self.timed_out + self.cancelled + self.rejected
+        self.completed
+            + self.failed
+            + self.panicked
+            + self.timed_out
+            + self.cancelled
+            + self.rejected
     }
 }
 

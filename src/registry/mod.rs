@@ -28,8 +28,8 @@ use pin_project_lite::pin_project;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
-pub use counters::Stats;
 pub(crate) use counters::Counters;
+pub use counters::Stats;
 pub(crate) use entry::{Membership, NewTask, TaskCell};
 
 use crate::{TaskError, TaskId, TaskInfo};
@@ -81,7 +81,11 @@ impl Registry {
     }
 
     pub(crate) fn snapshot(&self) -> Vec<TaskInfo> {
-        let mut infos: Vec<TaskInfo> = self.tasks.iter().map(|entry| entry.value().info()).collect();
+        let mut infos: Vec<TaskInfo> = self
+            .tasks
+            .iter()
+            .map(|entry| entry.value().info())
+            .collect();
         infos.sort_by_key(|info| info.id);
         infos
     }
