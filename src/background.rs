@@ -256,9 +256,9 @@ impl Shared {
             None
         };
         if let Some(reason) = reject {
-            if let Some(was_started) = membership.cell.try_finish() {
-                let cell = Arc::clone(&membership.cell);
-                self.report_dropped(&cell, was_started, Err(TaskError::Rejected(reason)));
+            if let Some(was_started) = membership.cell.try_finish(Err(TaskError::Rejected(reason)))
+            {
+                self.report_dropped(&membership.cell, was_started);
             }
             return handle;
         }

@@ -13,11 +13,13 @@ use pin_project_lite::pin_project;
 use crate::BoxError;
 use crate::background::Shared;
 use crate::error::panic_message;
+use crate::mode::ModeKind;
 use crate::registry::{Membership, TaskCell};
 use crate::{TaskError, TaskInfo};
 
 /// Runs one task: start it (unless it was ended while queued), drive its work
-/// until it finishes or is cancelled, then report the outcome.
+/// until it finishes (or, for an async task, is cancelled), then report the
+/// outcome.
 pub(crate) async fn run<W>(membership: Membership, work: W)
 where
     W: Future<Output = Result<(), BoxError>> + Send,
@@ -29,22 +31,31 @@ where
     }
     membership.shared.registry.counters.started();
     let work = crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind());
-    let outcome = match (Cancellable { cell, work }).await {
+    let outcome = match (Cancellable {
+        cell,
+        // A running sync task cannot be interrupted: its cancellation is a
+        // signal it observes through `TaskContext`, not a drop at an `.await`.
+        interruptible: cell.mode == ModeKind::Async,
+        work,
+    })
+    .await
+    {
         Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(error))) => Err(TaskError::Failed(Arc::from(error))),
         Some(Err(payload)) => Err(TaskError::Panicked(panic_message(&*payload))),
         None => Err(TaskError::Cancelled),
     };
-    if let Some(was_started) = cell.try_finish() {
-        membership.shared.report(cell, was_started, outcome).await;
+    if let Some(was_started) = cell.try_finish(outcome) {
+        membership.shared.report(cell, was_started).await;
     }
 }
 
 pin_project! {
-    /// `work`, unless the task's cancellation is requested first: then the work
-    /// is dropped and the result is `None`.
+    /// `work`, unless it is interruptible and the task's cancellation is
+    /// requested first: then the work is dropped and the result is `None`.
     struct Cancellable<'a, W> {
         cell: &'a TaskCell,
+        interruptible: bool,
         #[pin]
         work: W,
     }
@@ -55,7 +66,7 @@ impl<W: Future> Future for Cancellable<'_, W> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if this.cell.poll_cancelled(cx).is_ready() {
+        if *this.interruptible && this.cell.poll_cancelled(cx).is_ready() {
             return Poll::Ready(None);
         }
         this.work.poll(cx).map(Some)
@@ -63,15 +74,10 @@ impl<W: Future> Future for Cancellable<'_, W> {
 }
 
 impl Shared {
-    /// Logs a task's outcome, hands a failure to its error handler, then ends
-    /// the task. The caller must have won `try_finish`.
-    pub(crate) async fn report(
-        &self,
-        cell: &TaskCell,
-        was_started: bool,
-        outcome: Result<(), TaskError>,
-    ) {
-        if let Err(error) = &outcome {
+    /// Logs a task's decided outcome, hands a failure to its error handler,
+    /// then ends the task. The caller must have won `try_finish`.
+    pub(crate) async fn report(&self, cell: &TaskCell, was_started: bool) {
+        if let Some(Err(error)) = cell.decided_outcome() {
             let info = cell.info();
             log_failure(&info, error);
             if let Some(handler) = &cell.on_error {
@@ -81,30 +87,23 @@ impl Shared {
                 }
             }
         }
-        self.registry.end(cell, was_started, outcome);
+        self.registry.end(cell, was_started);
     }
 
     /// [`report`](Self::report) from a place that cannot await (a `Drop`, or a
     /// `schedule` call). A sync handler is called in place; an async one runs
     /// on the runtime when there is one, and is skipped (with an error logged)
     /// when there is not.
-    pub(crate) fn report_dropped(
-        self: &Arc<Self>,
-        cell: &Arc<TaskCell>,
-        was_started: bool,
-        outcome: Result<(), TaskError>,
-    ) {
-        let Err(error) = &outcome else {
-            self.registry.end(cell, was_started, outcome);
+    pub(crate) fn report_dropped(self: &Arc<Self>, cell: &Arc<TaskCell>, was_started: bool) {
+        let Some(Err(error)) = cell.decided_outcome() else {
+            self.registry.end(cell, was_started);
             return;
         };
         match (&cell.on_error, self.runtime()) {
             (Some(handler), Some(runtime)) if !handler.is_sync() => {
                 let shared = Arc::clone(self);
                 let cell = Arc::clone(cell);
-                drop(
-                    runtime.spawn(async move { shared.report(&cell, was_started, outcome).await }),
-                );
+                drop(runtime.spawn(async move { shared.report(&cell, was_started).await }));
             }
             (handler, _) => {
                 let info = cell.info();
@@ -125,7 +124,7 @@ impl Shared {
                     ),
                     None => {}
                 }
-                self.registry.end(cell, was_started, outcome);
+                self.registry.end(cell, was_started);
             }
         }
     }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::background::{Background, Shared};
 use crate::registry::TaskCell;
-use crate::{TaskError, TaskId, TaskInfo};
+use crate::{TaskError, TaskInfo};
 
 /// What [`Background::shutdown`] did with every task in flight when it began.
 ///
@@ -235,40 +235,45 @@ impl Background {
             shared.cancel(cell);
         }
 
-        let mut overdue = Vec::new();
+        // Wait for every task to end, up to the deadline. Past it, a task
+        // still running or waiting is cancelled and overdue; one whose
+        // outcome is decided but whose handler is still running is not.
+        let mut overdue = HashSet::new();
         for cell in &cells {
             let ended = tokio::time::timeout_at(deadline, cell_ended(cell)).await;
             if ended.is_err() {
-                overdue.push(Arc::clone(cell));
-            }
-        }
-        let overdue_ids: HashSet<TaskId> = overdue.iter().map(|cell| cell.id).collect();
-        let mut report = ShutdownReport::default();
-        for cell in &overdue {
-            cell.request_cancel();
-            if let Some(was_started) = cell.try_finish() {
-                let info = cell.info();
-                tracing::warn!(task.id = %info.id, task.name = %info.name, "task outlived the shutdown grace period");
-                shared
-                    .report(cell, was_started, Err(TaskError::Cancelled))
-                    .await;
+                // Claim first, then signal: the task's own runner, woken by
+                // the signal, must find the outcome already taken.
+                let claimed = cell.try_finish(Err(TaskError::Cancelled));
+                cell.request_cancel();
+                if let Some(was_started) = claimed {
+                    tracing::warn!(
+                        task.id = %cell.id,
+                        task.name = %cell.name,
+                        "task outlived the shutdown grace period"
+                    );
+                    overdue.insert(cell.id);
+                    shared.report(cell, was_started).await;
+                }
             }
         }
 
         shared.hooks.run().await;
 
+        let mut report = ShutdownReport::default();
         for cell in cells {
             let info = cell.info();
-            if overdue_ids.contains(&cell.id) {
-                report.overdue.push(info);
-                continue;
-            }
-            match cell.outcome() {
-                Some(Err(TaskError::Cancelled | TaskError::Rejected(_))) | None => {
-                    report.cancelled.push(info)
+            let list = if overdue.contains(&cell.id) {
+                &mut report.overdue
+            } else {
+                match cell.decided_outcome() {
+                    Some(Err(TaskError::Cancelled | TaskError::Rejected(_))) | None => {
+                        &mut report.cancelled
+                    }
+                    Some(_) => &mut report.completed,
                 }
-                Some(_) => report.completed.push(info),
-            }
+            };
+            list.push(info);
         }
         tracing::info!(
             completed = report.completed.len(),
@@ -285,13 +290,13 @@ impl Shared {
     /// one is asked to stop (async: dropped at its next poll; sync: signalled).
     pub(crate) fn cancel(self: &Arc<Self>, cell: &Arc<TaskCell>) {
         cell.request_cancel();
-        if cell.try_finish_queued() {
-            self.report_dropped(cell, false, Err(TaskError::Cancelled));
+        if cell.try_finish_queued(Err(TaskError::Cancelled)) {
+            self.report_dropped(cell, false);
         }
     }
 }
 
-/// Resolves when `cell` has ended.
+/// Resolves when `cell` has ended (its handler, if any, has returned).
 async fn cell_ended(cell: &TaskCell) {
     loop {
         let notified = cell.notify.notified();

@@ -51,7 +51,7 @@ pub(crate) struct TaskCell {
     waker: AtomicWaker,
     /// `Some` once the task has asked for a token (see `TaskContext`).
     token: OnceLock<CancellationToken>,
-    /// Set once, just before the state becomes `ENDED`.
+    /// Set once, by whoever moves the state to `FINISHING`.
     outcome: OnceLock<Result<(), TaskError>>,
     /// Wakes handle futures on start and on end.
     pub(crate) notify: Notify,
@@ -120,9 +120,10 @@ impl TaskCell {
         won
     }
 
-    /// Claims the right to report the outcome. Returns whether the task had
-    /// started, or `None` if someone else already claimed it.
-    pub(crate) fn try_finish(&self) -> Option<bool> {
+    /// Claims the right to report the task's end, with its outcome. Returns
+    /// whether the task had started, or `None` if someone else already
+    /// claimed it.
+    pub(crate) fn try_finish(&self, outcome: Result<(), TaskError>) -> Option<bool> {
         let mut current = self.state.load(Ordering::Acquire);
         loop {
             if current >= FINISHING {
@@ -134,7 +135,11 @@ impl TaskCell {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(current == RUNNING),
+                Ok(_) => {
+                    // Only the claimant sets it: `set` cannot fail here.
+                    let _ = self.outcome.set(outcome);
+                    return Some(current == RUNNING);
+                }
                 Err(actual) => current = actual,
             }
         }
@@ -142,17 +147,21 @@ impl TaskCell {
 
     /// `QUEUED -> FINISHING`: claims a task that has not started, so that it
     /// never will.
-    pub(crate) fn try_finish_queued(&self) -> bool {
-        self.state
+    pub(crate) fn try_finish_queued(&self, outcome: Result<(), TaskError>) -> bool {
+        let claimed = self
+            .state
             .compare_exchange(QUEUED, FINISHING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_ok();
+        if claimed {
+            let _ = self.outcome.set(outcome);
+        }
+        claimed
     }
 
-    /// Publishes the outcome (once the claimant has reported it) and wakes
+    /// Marks the task ended, once its outcome has been reported, and wakes
     /// every handle future.
-    pub(crate) fn publish(&self, outcome: Result<(), TaskError>) {
-        let _ = self.outcome.set(outcome);
-        // Release: a reader that sees ENDED sees the outcome.
+    pub(crate) fn publish(&self) {
+        // Release: a reader that sees ENDED sees everything the report did.
         self.state.store(ENDED, Ordering::Release);
         self.notify.notify_waiters();
     }
@@ -165,7 +174,17 @@ impl TaskCell {
         self.state.load(Ordering::Acquire) == ENDED
     }
 
+    /// The outcome, once the task has ended (its handler has returned).
     pub(crate) fn outcome(&self) -> Option<&Result<(), TaskError>> {
+        if self.is_ended() {
+            self.outcome.get()
+        } else {
+            None
+        }
+    }
+
+    /// The outcome as soon as it is decided (its handler may still be running).
+    pub(crate) fn decided_outcome(&self) -> Option<&Result<(), TaskError>> {
         self.outcome.get()
     }
 
@@ -225,9 +244,8 @@ pub(crate) struct Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        if let Some(was_started) = self.cell.try_finish() {
-            self.shared
-                .report_dropped(&self.cell, was_started, Err(TaskError::Cancelled));
+        if let Some(was_started) = self.cell.try_finish(Err(TaskError::Cancelled)) {
+            self.shared.report_dropped(&self.cell, was_started);
         }
     }
 }

@@ -32,7 +32,7 @@ pub(crate) use counters::Counters;
 pub use counters::Stats;
 pub(crate) use entry::{Membership, NewTask, TaskCell};
 
-use crate::{TaskError, TaskId, TaskInfo};
+use crate::{TaskId, TaskInfo};
 
 /// In-flight tasks by id, with the counters.
 #[derive(Debug, Default)]
@@ -61,9 +61,11 @@ impl Registry {
 
     /// Ends a task whose outcome has been reported: counts it, publishes the
     /// outcome to its handle, and removes it.
-    pub(crate) fn end(&self, cell: &TaskCell, was_started: bool, outcome: Result<(), TaskError>) {
-        self.counters.ended(was_started, &outcome);
-        cell.publish(outcome);
+    pub(crate) fn end(&self, cell: &TaskCell, was_started: bool) {
+        if let Some(outcome) = cell.decided_outcome() {
+            self.counters.ended(was_started, outcome);
+        }
+        cell.publish();
         self.tasks.remove(&cell.id);
         // Release: publishes the counters and the removal to `wait_idle`.
         if self.in_flight.fetch_sub(1, Ordering::Release) == 1 {
