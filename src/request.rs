@@ -77,10 +77,14 @@ impl RequestScope {
     }
 
     /// Runs `task` now if `phase` has been reached, else keeps it for then.
+    ///
+    /// Deferred tasks are started with the lock held, here and in `reach`:
+    /// starting one only hands it to tokio (no user code runs), and holding the
+    /// lock keeps a clone scheduling on another thread from overtaking tasks of
+    /// the same phase scheduled before it.
     pub(crate) fn at(&self, phase: Phase, task: Deferred) {
         let mut pending = self.lock();
         if phase <= pending.reached {
-            drop(pending);
             task();
             return;
         }
@@ -93,22 +97,18 @@ impl RequestScope {
     /// Marks `phase` reached and starts every task waiting for it or for an
     /// earlier phase, in phase order and then schedule order.
     pub(crate) fn reach(&self, phase: Phase) {
-        let (after_route, after_response) = {
-            let mut pending = self.lock();
-            if phase <= pending.reached {
-                return;
-            }
-            pending.reached = phase;
-            let after_route = std::mem::take(&mut pending.after_route);
-            let after_response = if phase >= Phase::AfterResponse {
-                std::mem::take(&mut pending.after_response)
-            } else {
-                Vec::new()
-            };
-            (after_route, after_response)
-        };
-        for task in after_route.into_iter().chain(after_response) {
+        let mut pending = self.lock();
+        if phase <= pending.reached {
+            return;
+        }
+        pending.reached = phase;
+        for task in std::mem::take(&mut pending.after_route) {
             task();
+        }
+        if phase >= Phase::AfterResponse {
+            for task in std::mem::take(&mut pending.after_response) {
+                task();
+            }
         }
     }
 
