@@ -1,24 +1,26 @@
 //! [`Background`]: the runtime that owns the registry, the default config and
 //! the tokio handle.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::Handle;
-use tracing::Instrument;
+use tokio::sync::Semaphore;
 
 use crate::config::TaskConfig;
 use crate::error::RejectReason;
 use crate::extractor::{TaskBuilder, Tasks};
 use crate::handle::TaskHandle;
 use crate::layer::BackgroundLayer;
+use crate::limits::{Limits, OverflowPolicy};
 use crate::mode::Mode;
 use crate::registry::{Membership, NewTask, Registry, Stats, TaskCell, WaitIdle};
 use crate::request::RequestScope;
-use crate::runner;
+use crate::runner::Job;
 use crate::shutdown::ShutdownHooks;
-use crate::task::IntoBackgroundTask;
+use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
 use crate::{Phase, TaskError, TaskInfo};
 
 /// The background-task runtime of an application.
@@ -61,6 +63,7 @@ pub(crate) struct Shared {
     /// Set when shutdown begins; never cleared.
     pub(crate) closing: AtomicBool,
     pub(crate) hooks: ShutdownHooks,
+    pub(crate) limits: Limits,
 }
 
 /// Builds a [`Background`]; from [`Background::builder`].
@@ -70,6 +73,9 @@ pub struct BackgroundBuilder {
     default_config: TaskConfig,
     runtime: Option<Handle>,
     hooks: ShutdownHooks,
+    max_blocking: Option<usize>,
+    max_in_flight: Option<usize>,
+    overflow: OverflowPolicy,
 }
 
 impl BackgroundBuilder {
@@ -96,6 +102,34 @@ impl BackgroundBuilder {
         self
     }
 
+    /// At most `n` sync tasks run at once; the rest wait, in schedule order,
+    /// without taking a thread. (Without it, each sync task takes a thread of
+    /// tokio's blocking pool, up to its own limit of 512 by default.)
+    ///
+    /// `0` would never run a sync task: it is taken as `1`, with a warning.
+    pub fn max_blocking(mut self, n: usize) -> Self {
+        self.max_blocking = Some(n);
+        self
+    }
+
+    /// At most `n` tasks run at once (both modes); what happens to the rest
+    /// is the [`overflow`](Self::overflow) policy: wait for a slot (the
+    /// default) or be rejected.
+    ///
+    /// `0` would never run a task: it is taken as `1`, with a warning.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = Some(n);
+        self
+    }
+
+    /// What happens to a task when [`max_in_flight`](Self::max_in_flight) tasks
+    /// are running: [`OverflowPolicy::Wait`] (the default) or
+    /// [`OverflowPolicy::Reject`].
+    pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
+        self.overflow = policy;
+        self
+    }
+
     /// Builds the `Background`.
     ///
     /// Called outside a tokio runtime without [`runtime`](Self::runtime), the
@@ -114,8 +148,28 @@ impl BackgroundBuilder {
                 runtime,
                 closing: AtomicBool::new(false),
                 hooks: self.hooks,
+                limits: Limits {
+                    blocking: self
+                        .max_blocking
+                        .map(|n| Arc::new(Semaphore::new(at_least_one("max_blocking", n)))),
+                    in_flight: self.max_in_flight.map(|n| {
+                        let n = at_least_one("max_in_flight", n);
+                        (Arc::new(Semaphore::new(n)), n)
+                    }),
+                    overflow: self.overflow,
+                },
             }),
         }
+    }
+}
+
+/// A limit of zero would stall every task it covers: take it as one, and say so.
+fn at_least_one(limit: &str, n: usize) -> usize {
+    if n == 0 {
+        tracing::warn!("{limit}(0) would never run a task; using {limit}(1)");
+        1
+    } else {
+        n.min(Semaphore::MAX_PERMITS)
     }
 }
 
@@ -211,7 +265,7 @@ impl Shared {
         Some(self.runtime.get_or_init(|| handle))
     }
 
-    /// The one path every task takes into the crate.
+    /// Schedules a task that runs once.
     pub(crate) fn schedule<T, M>(
         self: &Arc<Self>,
         task: T,
@@ -222,19 +276,58 @@ impl Shared {
     where
         T: IntoBackgroundTask<M>,
     {
-        let config = config.unwrap_or_default();
+        let own_name = task.own_name();
+        let source = TaskSource {
+            own_name,
+            derived_name: T::derived_name(),
+            attempts: Once::new(task.into_work()),
+            retrying: false,
+        };
+        self.admit::<T::Mode, _>(source, scope, phase, config.unwrap_or_default())
+    }
+
+    /// Schedules a task that may run again, under the merged retry policy.
+    pub(crate) fn schedule_rerunnable<T, M>(
+        self: &Arc<Self>,
+        task: T,
+        scope: Option<&Arc<RequestScope>>,
+        phase: Phase,
+        config: TaskConfig,
+    ) -> TaskHandle
+    where
+        T: Rerunnable<M>,
+    {
+        let own_name = task.own_name();
+        let source = TaskSource {
+            own_name,
+            derived_name: T::derived_name(),
+            attempts: task.into_attempts(),
+            retrying: true,
+        };
+        self.admit::<T::Mode, _>(source, scope, phase, config)
+    }
+
+    /// The one path every task takes into the crate: register it, then start
+    /// it now or when its phase comes, or reject it.
+    fn admit<Md: Mode, A: Attempts>(
+        self: &Arc<Self>,
+        source: TaskSource<A>,
+        scope: Option<&Arc<RequestScope>>,
+        phase: Phase,
+        config: TaskConfig,
+    ) -> TaskHandle {
         let default = &self.default_config;
         // Names rank: per task, the task type's own, the default config's, derived.
         let name = config
             .name
-            .or_else(|| task.own_name())
+            .or(source.own_name)
             .or_else(|| default.name.clone())
-            .unwrap_or_else(|| T::derived_name().into());
+            .unwrap_or(Cow::Borrowed(source.derived_name));
         let cell = Arc::new(TaskCell::new(NewTask {
             id: self.registry.next_id(),
             name,
             phase,
-            mode: <T::Mode as Mode>::KIND,
+            mode: Md::KIND,
             shielded: config.shield.or(default.shield).unwrap_or(false),
             request: scope.and_then(|scope| scope.request_meta()),
             on_error: config.on_error.or_else(|| default.on_error.clone()),
@@ -256,10 +349,7 @@ impl Shared {
             None
         };
         if let Some(reason) = reject {
-            if let Some(was_started) = membership.cell.try_finish(Err(TaskError::Rejected(reason)))
-            {
-                self.report_dropped(&membership.cell, was_started);
-            }
+            self.reject(&membership.cell, reason);
             return handle;
         }
 
@@ -268,7 +358,7 @@ impl Shared {
             id = %membership.cell.id,
             name = %membership.cell.name,
             phase = %phase,
-            mode = %<T::Mode as Mode>::KIND,
+            mode = %Md::KIND,
         );
         if !span.is_disabled() {
             match scope {
@@ -276,14 +366,30 @@ impl Shared {
                 None => span.follows_from(tracing::Span::current()),
             };
         }
-        let work = task.into_work();
+        let mut job = Job {
+            membership,
+            attempts: source.attempts,
+            retry: if source.retrying {
+                config.retry.or(default.retry)
+            } else {
+                None
+            },
+            timeout: config.timeout.or(default.timeout),
+            slot: None,
+            blocking: None,
+            span,
+        };
         let start = move || {
-            let shared = Arc::clone(&membership.shared);
+            let shared = Arc::clone(&job.membership.shared);
+            match shared.limits.admit() {
+                Ok(slot) => job.slot = slot,
+                Err(reason) => return shared.reject(&job.membership.cell, reason),
+            }
             if let Some(runtime) = shared.runtime() {
-                T::Mode::spawn(runtime, runner::run(membership, work).instrument(span));
+                Md::start(runtime, job);
             }
             // No runtime cannot happen here (checked above); were it so,
-            // dropping `membership` would report the task as cancelled.
+            // dropping `job` would report the task as cancelled.
         };
         match scope {
             Some(scope) if phase != Phase::Immediate => scope.at(phase, Box::new(start)),
@@ -291,4 +397,20 @@ impl Shared {
         }
         handle
     }
+
+    /// Ends a task that was never admitted.
+    fn reject(self: &Arc<Self>, cell: &Arc<TaskCell>, reason: RejectReason) {
+        if let Some(was_started) = cell.try_finish(Err(TaskError::Rejected(reason))) {
+            self.report_dropped(cell, was_started);
+        }
+    }
+}
+
+/// A task on its way in: its names and its attempts.
+struct TaskSource<A> {
+    own_name: Option<Cow<'static, str>>,
+    derived_name: &'static str,
+    attempts: A,
+    /// Whether the route taken allows retries (the task can run again).
+    retrying: bool,
 }

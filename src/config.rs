@@ -1,10 +1,12 @@
 //! Task configuration and its field-by-field merge.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use typed_builder::TypedBuilder;
 
 use crate::handler::{IntoErrorHandler, SharedErrorHandler};
+use crate::limits::RetryPolicy;
 
 /// How tasks run: set once as the default (`Background::builder().default_config(..)`)
 /// and per task (`tasks.task()...`).
@@ -49,6 +51,19 @@ pub struct TaskConfig {
         }
     ))]
     pub(crate) on_error: Option<SharedErrorHandler>,
+
+    /// How long each run of the task may take. An async task past it is
+    /// dropped; a sync task past it is reported timed out and its
+    /// cancellation fires, but its thread cannot be interrupted and runs on.
+    /// Either way the task ends as [`TaskError::TimedOut`](crate::TaskError::TimedOut).
+    #[builder(setter(strip_option))]
+    pub(crate) timeout: Option<Duration>,
+
+    /// How a failed task is run again. Applies to tasks scheduled through a
+    /// retrying route (`tasks.task().retry(..)` or `.retryable()`), which take
+    /// only tasks that can run again ([`Rerunnable`](crate::Rerunnable)).
+    #[builder(setter(strip_option))]
+    pub(crate) retry: Option<RetryPolicy>,
 }
 
 impl TaskConfig {
@@ -67,6 +82,16 @@ impl TaskConfig {
         self.on_error.as_ref()
     }
 
+    /// The timeout, if set.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The retry policy, if set.
+    pub fn retry(&self) -> Option<RetryPolicy> {
+        self.retry
+    }
+
     /// `self` with every unset field taken from `base`: what `base` then
     /// `self` applied in that order gives.
     #[must_use]
@@ -75,6 +100,8 @@ impl TaskConfig {
             name: self.name.or_else(|| base.name.clone()),
             shield: self.shield.or(base.shield),
             on_error: self.on_error.or_else(|| base.on_error.clone()),
+            timeout: self.timeout.or(base.timeout),
+            retry: self.retry.or(base.retry),
         }
     }
 }

@@ -93,12 +93,22 @@ pub enum RejectReason {
     ShuttingDown,
     /// No tokio runtime to run the task on.
     NoRuntime,
+    /// [`max_in_flight`](crate::BackgroundBuilder::max_in_flight) tasks were
+    /// running and the overflow policy is [`Reject`](crate::OverflowPolicy::Reject).
+    LimitReached {
+        /// The limit that was reached.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RejectReason::ShuttingDown => f.write_str("the background runtime is shutting down"),
+            RejectReason::LimitReached { limit } => write!(
+                f,
+                "max_in_flight limit of {limit} tasks reached (overflow policy: reject)"
+            ),
             RejectReason::NoRuntime => f.write_str(
                 "no tokio runtime: build `Background` inside a runtime or pass one with `.runtime(handle)`",
             ),

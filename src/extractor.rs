@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
@@ -14,8 +16,9 @@ use crate::background::Shared;
 use crate::config::TaskConfig;
 use crate::handle::TaskHandle;
 use crate::handler::IntoErrorHandler;
+use crate::limits::RetryPolicy;
 use crate::request::RequestScope;
-use crate::task::IntoBackgroundTask;
+use crate::task::{IntoBackgroundTask, Rerunnable};
 
 /// The request's background-task scheduler: an axum extractor.
 ///
@@ -117,6 +120,7 @@ impl Tasks {
         TaskBuilder {
             tasks: self.clone(),
             config: TaskConfig::default(),
+            _route: PhantomData,
         }
     }
 }
@@ -164,14 +168,28 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Tasks {
 }
 
 /// Settings for one task; from [`Tasks::task`]. Finish with [`build`](TaskBuilder::build).
+///
+/// `R` records whether the task may be retried: [`OneRun`] until
+/// [`retry`](TaskBuilder::retry) or [`retryable`](TaskBuilder::retryable)
+/// makes it [`Retrying`], which takes only tasks that can run again.
 #[must_use]
 #[derive(Debug, Clone)]
-pub struct TaskBuilder {
+pub struct TaskBuilder<R = OneRun> {
     tasks: Tasks,
     config: TaskConfig,
+    _route: PhantomData<fn() -> R>,
 }
 
-impl TaskBuilder {
+/// A [`TaskBuilder`] route: the task runs once.
+#[derive(Debug, Clone, Copy)]
+pub enum OneRun {}
+
+/// A [`TaskBuilder`] route: the task is retried, so it must be able to run
+/// again ([`Rerunnable`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Retrying {}
+
+impl<R> TaskBuilder<R> {
     /// The task's name in logs, spans and [`TaskInfo`](crate::TaskInfo).
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.config.name = Some(name.into());
@@ -201,6 +219,12 @@ impl TaskBuilder {
         self
     }
 
+    /// How long each run may take; see [`TaskConfig`] for what happens past it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = Some(timeout);
+        self
+    }
+
     /// Applies every field set in `config` (fields it leaves unset keep their
     /// value here).
     pub fn config(mut self, config: TaskConfig) -> Self {
@@ -208,11 +232,29 @@ impl TaskBuilder {
         self
     }
 
+    /// Retries the task under `policy`. From here on `schedule` takes only a
+    /// task that can run again: a `Clone` task, or a factory closure.
+    pub fn retry(mut self, policy: RetryPolicy) -> TaskBuilder<Retrying> {
+        self.config.retry = Some(policy);
+        self.retryable()
+    }
+
+    /// Retries the task under the default config's retry policy (if it has
+    /// one). From here on `schedule` takes only a task that can run again.
+    pub fn retryable(self) -> TaskBuilder<Retrying> {
+        TaskBuilder {
+            tasks: self.tasks,
+            config: self.config,
+            _route: PhantomData,
+        }
+    }
+
     /// Finishes the settings; schedule with [`ConfiguredTasks::schedule`].
-    pub fn build(self) -> ConfiguredTasks {
+    pub fn build(self) -> ConfiguredTasks<R> {
         ConfiguredTasks {
             tasks: self.tasks,
             config: self.config,
+            _route: PhantomData,
         }
     }
 }
@@ -221,12 +263,13 @@ impl TaskBuilder {
 ///
 /// It may schedule several tasks: each gets the same settings.
 #[derive(Debug, Clone)]
-pub struct ConfiguredTasks {
+pub struct ConfiguredTasks<R = OneRun> {
     tasks: Tasks,
     config: TaskConfig,
+    _route: PhantomData<fn() -> R>,
 }
 
-impl ConfiguredTasks {
+impl ConfiguredTasks<OneRun> {
     /// Schedules `task` with these settings; as [`Tasks::schedule`].
     pub fn schedule<T, M>(&self, task: T) -> TaskHandle
     where
@@ -238,6 +281,35 @@ impl ConfiguredTasks {
             tasks.scope.as_ref(),
             tasks.phase,
             Some(self.config.clone()),
+        )
+    }
+}
+
+impl ConfiguredTasks<Retrying> {
+    /// Schedules `task` with these settings, retried on failure. `task` must
+    /// be able to run again: a `Clone` task (each run gets a clone) or a
+    /// factory closure such as `move || send_invoice(id)` (each run gets a
+    /// fresh task).
+    ///
+    /// ```compile_fail
+    /// # use axum_background::{RetryPolicy, Tasks};
+    /// struct NotClone;
+    /// impl axum_background::BlockingTask<()> for NotClone { fn run(self) {} }
+    /// fn f(tasks: Tasks) {
+    ///     // error: `NotClone` cannot be retried: it can run only once
+    ///     tasks.task().retry(RetryPolicy::attempts(3)).build().schedule(NotClone);
+    /// }
+    /// ```
+    pub fn schedule<T, M>(&self, task: T) -> TaskHandle
+    where
+        T: Rerunnable<M>,
+    {
+        let tasks = &self.tasks;
+        tasks.shared.schedule_rerunnable(
+            task,
+            tasks.scope.as_ref(),
+            tasks.phase,
+            self.config.clone(),
         )
     }
 }

@@ -86,6 +86,7 @@ mod handle;
 mod handler;
 mod info;
 pub mod layer;
+mod limits;
 pub mod mode;
 mod phase;
 mod registry;
@@ -98,14 +99,17 @@ pub use background::{Background, BackgroundBuilder};
 pub use config::TaskConfig;
 pub use context::TaskContext;
 pub use error::{RejectReason, TaskError};
-pub use extractor::{ConfiguredTasks, MissingBackgroundLayer, TaskBuilder, Tasks};
+pub use extractor::{
+    ConfiguredTasks, MissingBackgroundLayer, OneRun, Retrying, TaskBuilder, Tasks,
+};
 pub use handle::{Outcome, Started, TaskHandle};
 pub use handler::{ErrorHandler, IntoErrorHandler, SharedErrorHandler};
 pub use info::{TaskId, TaskInfo};
+pub use limits::{OverflowPolicy, RetryPolicy};
 pub use phase::Phase;
 pub use registry::{Stats, WaitIdle};
 pub use shutdown::{IntoShutdownHook, ShutdownHook, ShutdownReport, shutdown_signal};
-pub use task::{BackgroundTask, BlockingTask, IntoBackgroundTask, TaskResult};
+pub use task::{BackgroundTask, BlockingTask, IntoBackgroundTask, Rerunnable, TaskResult};
 
 /// The error type tasks may return: any error that is `Send + Sync`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

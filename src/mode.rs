@@ -6,9 +6,13 @@
 //! associated `Mode` type, so there is no runtime branch on a mode value.
 
 use std::fmt;
-use std::future::Future;
 
 use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::limits::Permit;
+use crate::runner::{Exec, Job};
+use crate::task::Attempts;
 
 mod sealed {
     pub trait Sealed {}
@@ -19,11 +23,9 @@ pub trait Mode: sealed::Sealed + Send + 'static {
     /// The mode as a value, for [`TaskInfo`](crate::TaskInfo) and logs.
     const KIND: ModeKind;
 
-    /// Starts `work` the way this mode runs tasks.
+    /// Starts a task the way this mode runs tasks.
     #[doc(hidden)]
-    fn spawn<F>(runtime: &Handle, work: F)
-    where
-        F: Future<Output = ()> + Send + 'static;
+    fn start<A: Attempts>(runtime: &Handle, job: Job<A>);
 }
 
 /// Runs on tokio's blocking pool: blocking calls are fine, and the task may
@@ -43,25 +45,47 @@ impl sealed::Sealed for Async {}
 impl Mode for Sync {
     const KIND: ModeKind = ModeKind::Sync;
 
-    fn spawn<F>(runtime: &Handle, work: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let driver = runtime.clone();
-        // The join handle is dropped: the work reports its own outcome.
-        drop(runtime.spawn_blocking(move || driver.block_on(work)));
+    fn start<A: Attempts>(runtime: &Handle, mut job: Job<A>) {
+        // Ask for a thread permit now, so that tasks get threads in schedule order.
+        job.blocking = job
+            .membership
+            .shared
+            .limits
+            .blocking
+            .as_ref()
+            .map(Permit::request);
+        if job.is_simple() {
+            // One blocking thread does it all; it holds the thread permit.
+            let permit = job.take_held_blocking_permit();
+            let driver = runtime.clone();
+            spawn_blocking(runtime, move || {
+                let _permit = permit;
+                driver.block_on(job.run(Exec::Inline));
+            });
+        } else {
+            // Waits (for a slot, a deadline, a backoff) happen on the runtime;
+            // each attempt gets a blocking thread.
+            drop(runtime.spawn(job.run(Exec::Blocking(runtime.clone()))));
+        }
     }
 }
 
 impl Mode for Async {
     const KIND: ModeKind = ModeKind::Async;
 
-    fn spawn<F>(runtime: &Handle, work: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        drop(runtime.spawn(work));
+    fn start<A: Attempts>(runtime: &Handle, job: Job<A>) {
+        drop(runtime.spawn(job.run(Exec::Inline)));
     }
+}
+
+/// Runs `work` on the blocking pool. Dropping the join handle detaches it:
+/// the work reports its own outcome.
+pub(crate) fn spawn_blocking<F, R>(runtime: &Handle, work: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    runtime.spawn_blocking(work)
 }
 
 /// Which mode a task runs in, as a value: what [`TaskInfo::mode`](crate::TaskInfo) holds.

@@ -10,44 +10,244 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 use pin_project_lite::pin_project;
 
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{Instrument, Span};
+
 use crate::BoxError;
 use crate::background::Shared;
 use crate::error::panic_message;
+use crate::limits::{Permit, RetryPolicy};
 use crate::mode::ModeKind;
 use crate::registry::{Membership, TaskCell};
+use crate::task::Attempts;
 use crate::{TaskError, TaskInfo};
 
-/// Runs one task: start it (unless it was ended while queued), drive its work
-/// until it finishes (or, for an async task, is cancelled), then report the
-/// outcome.
-pub(crate) async fn run<W>(membership: Membership, work: W)
+/// Everything a task needs to run, handed to its mode. Internal: public only
+/// because the sealed [`Mode`](crate::mode::Mode) trait names it.
+#[doc(hidden)]
+pub struct Job<A> {
+    pub(crate) membership: Membership,
+    pub(crate) attempts: A,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) timeout: Option<Duration>,
+    /// `Some` under `max_in_flight`: the task's slot, held or queued for.
+    pub(crate) slot: Option<Permit>,
+    /// `Some` for a sync task under `max_blocking`: its first attempt's
+    /// thread permit, held or queued for.
+    pub(crate) blocking: Option<Permit>,
+    /// The task's `background_task` span; the whole run is instrumented with it.
+    pub(crate) span: Span,
+}
+
+impl<A> std::fmt::Debug for Job<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("task", &self.membership.cell.id)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where each attempt's work is polled.
+pub(crate) enum Exec {
+    /// Right here: on the runtime for an async task, or on the blocking
+    /// thread this job already runs on for a simple sync task.
+    Inline,
+    /// On a blocking-pool thread per attempt, this job waiting on the runtime:
+    /// a sync task with a limit, a timeout or retries.
+    Blocking(Handle),
+}
+
+impl<A: Attempts> Job<A> {
+    /// Whether a sync task can run in one go on one blocking thread: nothing to
+    /// wait for on the runtime (a slot, a thread permit, a deadline, a backoff).
+    pub(crate) fn is_simple(&self) -> bool {
+        self.retry.is_none()
+            && self.timeout.is_none()
+            && self.slot.as_ref().is_none_or(Permit::is_held)
+            && self.blocking.as_ref().is_none_or(Permit::is_held)
+    }
+
+    /// Takes the thread permit the first attempt needs, if it is held.
+    pub(crate) fn take_held_blocking_permit(&mut self) -> Option<Permit> {
+        self.blocking.take_if(|permit| permit.is_held())
+    }
+
+    /// Runs the task: wait for its slot, start it (unless it was ended while
+    /// queued), run attempts until one succeeds or the retry policy gives up,
+    /// then report the outcome.
+    pub(crate) fn run(self, exec: Exec) -> impl Future<Output = ()> + Send + 'static {
+        let span = self.span.clone();
+        self.run_in_span(exec).instrument(span)
+    }
+
+    async fn run_in_span(mut self, exec: Exec) {
+        let cell = Arc::clone(&self.membership.cell);
+        let shared = Arc::clone(&self.membership.shared);
+        // Held until the task has been reported.
+        let mut _slot = None;
+        if let Some(slot) = self.slot.take() {
+            match until_cancelled(&cell, slot.acquire()).await {
+                Some(Some(permit)) => _slot = Some(permit),
+                _ => return self.end_unstarted(),
+            }
+        }
+        let mut thread_permit = None;
+        if let (Exec::Blocking(_), Some(permit)) = (&exec, self.blocking.take()) {
+            match until_cancelled(&cell, permit.acquire()).await {
+                Some(Some(permit)) => thread_permit = Some(permit),
+                _ => return self.end_unstarted(),
+            }
+        }
+        if !cell.try_start() {
+            // Ended while queued (cancelled at shutdown): already reported.
+            return;
+        }
+        shared.registry.counters.started();
+
+        let mut attempt = 1;
+        let outcome = loop {
+            let Some(work) = self.attempts.next_attempt() else {
+                break Err(TaskError::Cancelled);
+            };
+            let result = match &exec {
+                Exec::Inline => run_inline(&cell, work, self.timeout).await,
+                Exec::Blocking(runtime) => {
+                    let permit = match (thread_permit.take(), &shared.limits.blocking) {
+                        (Some(permit), _) => Some(permit),
+                        (None, Some(semaphore)) => {
+                            match until_cancelled(&cell, Permit::request(semaphore).acquire()).await
+                            {
+                                Some(permit) => permit,
+                                None => break Err(TaskError::Cancelled),
+                            }
+                        }
+                        (None, None) => None,
+                    };
+                    run_blocking(runtime, &cell, work, self.timeout, permit).await
+                }
+            };
+            match (result, self.retry) {
+                (Err(error), Some(policy)) if policy.retries(attempt, &error) => {
+                    let delay = policy.delay(attempt);
+                    tracing::warn!(
+                        task.id = %cell.id,
+                        task.name = %cell.name,
+                        attempt,
+                        ?delay,
+                        %error,
+                        "background task attempt failed; retrying"
+                    );
+                    if until_cancelled(&cell, tokio::time::sleep(delay))
+                        .await
+                        .is_none()
+                    {
+                        break Err(TaskError::Cancelled);
+                    }
+                    attempt += 1;
+                    cell.next_attempt();
+                }
+                (result, _) => break result,
+            }
+        };
+        if let Some(was_started) = cell.try_finish(outcome) {
+            shared.report(&cell, was_started).await;
+        }
+    }
+
+    /// Ends a task cancelled while it waited for a slot, if nobody else has.
+    fn end_unstarted(self) {
+        let cell = &self.membership.cell;
+        if cell.try_finish(Err(TaskError::Cancelled)).is_some() {
+            self.membership.shared.report_dropped(cell, false);
+        }
+    }
+}
+
+/// One attempt, polled here: an async task's future (dropped if the task is
+/// cancelled or its timeout passes), or a simple sync task's work on the
+/// blocking thread this runs on.
+async fn run_inline<W>(
+    cell: &Arc<TaskCell>,
+    work: W,
+    timeout: Option<Duration>,
+) -> Result<(), TaskError>
 where
     W: Future<Output = Result<(), BoxError>> + Send,
 {
-    let cell = &membership.cell;
-    if !cell.try_start() {
-        // Ended while queued (cancelled at shutdown): already reported.
-        return;
-    }
-    membership.shared.registry.counters.started();
-    let work = crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind());
-    let outcome = match (Cancellable {
+    let work = Cancellable {
         cell,
         // A running sync task cannot be interrupted: its cancellation is a
         // signal it observes through `TaskContext`, not a drop at an `.await`.
         interruptible: cell.mode == ModeKind::Async,
-        work,
-    })
-    .await
-    {
-        Some(Ok(Ok(()))) => Ok(()),
-        Some(Ok(Err(error))) => Err(TaskError::Failed(Arc::from(error))),
+        work: crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind()),
+    };
+    let result = match timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_elapsed) => return Err(TaskError::TimedOut),
+        },
+        None => work.await,
+    };
+    match result {
+        Some(Ok(result)) => result.map_err(|error| TaskError::Failed(Arc::from(error))),
         Some(Err(payload)) => Err(TaskError::Panicked(panic_message(&*payload))),
         None => Err(TaskError::Cancelled),
-    };
-    if let Some(was_started) = cell.try_finish(outcome) {
-        membership.shared.report(cell, was_started).await;
     }
+}
+
+/// One attempt of a sync task on its own blocking-pool thread, awaited here.
+/// Past the timeout the attempt is reported timed out and its cancellation
+/// fires; the thread cannot be interrupted and runs on, holding its permit.
+async fn run_blocking<W>(
+    runtime: &Handle,
+    cell: &Arc<TaskCell>,
+    work: W,
+    timeout: Option<Duration>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<(), TaskError>
+where
+    W: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let context = Arc::clone(cell);
+    let driver = runtime.clone();
+    let thread = crate::mode::spawn_blocking(runtime, move || {
+        let _permit = permit;
+        driver.block_on(crate::context::scope(context, work))
+    });
+    let joined = match timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, thread).await {
+            Ok(joined) => joined,
+            Err(_elapsed) => {
+                cell.request_cancel();
+                return Err(TaskError::TimedOut);
+            }
+        },
+        None => thread.await,
+    };
+    match joined {
+        Ok(result) => result.map_err(|error| TaskError::Failed(Arc::from(error))),
+        Err(error) if error.is_panic() => {
+            Err(TaskError::Panicked(panic_message(&*error.into_panic())))
+        }
+        // The runtime is shutting down under the task.
+        Err(_) => Err(TaskError::Cancelled),
+    }
+}
+
+/// `future`'s output, or `None` if the task is asked to stop first (used
+/// where no user code runs: waiting for a slot, a backoff).
+async fn until_cancelled<F: Future>(cell: &TaskCell, future: F) -> Option<F::Output> {
+    Cancellable {
+        cell,
+        interruptible: true,
+        work: future,
+    }
+    .await
 }
 
 pin_project! {

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::marker::PhantomData;
 
 use futures_util::FutureExt;
 
@@ -195,6 +196,152 @@ where
 
     async fn into_work(self) -> Result<(), BoxError> {
         self().into_result()
+    }
+}
+
+/// A task that can run more than once: what a retry needs.
+///
+/// Implemented for every schedulable task that is `Clone` (each attempt runs
+/// a fresh clone), and for factory closures `Fn() -> T` where `T` is a task
+/// (each attempt runs a freshly built task; this is how an `async fn` call is
+/// retried: `move || send_invoice(id)`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be retried: it can run only once",
+    label = "a retried task must be able to run again",
+    note = "retry needs a task that can run again: derive or implement `Clone` for it, \
+            or schedule a factory closure that builds a fresh task per attempt, e.g. `move || send_invoice(id)`"
+)]
+pub trait Rerunnable<M>: Send + Sized + 'static {
+    /// The mode each attempt runs in.
+    type Mode: Mode;
+
+    /// The task's own name, for named task types.
+    #[doc(hidden)]
+    fn own_name(&self) -> Option<Cow<'static, str>>;
+
+    /// A name derived from the type.
+    #[doc(hidden)]
+    fn derived_name() -> &'static str;
+
+    /// The source of attempts.
+    #[doc(hidden)]
+    fn into_attempts(self) -> impl Attempts;
+}
+
+/// Yields the work of each attempt; `None` once no further attempt can be
+/// made. Internal: public only because [`Rerunnable`] names it.
+#[doc(hidden)]
+pub trait Attempts: Send + 'static {
+    /// The next attempt's work.
+    fn next_attempt(
+        &mut self,
+    ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static>;
+}
+
+/// A task that runs once: its work, made when it was scheduled.
+pub(crate) struct Once<W>(Option<W>);
+
+impl<W> Once<W> {
+    pub(crate) fn new(work: W) -> Self {
+        Once(Some(work))
+    }
+}
+
+impl<W> Attempts for Once<W>
+where
+    W: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    fn next_attempt(
+        &mut self,
+    ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
+        self.0.take()
+    }
+}
+
+/// A `Clone` task: each attempt runs a clone.
+pub(crate) struct Cloned<T, M> {
+    task: T,
+    _marker: PhantomData<fn() -> M>,
+}
+
+impl<T: IntoBackgroundTask<M> + Clone, M: 'static> Attempts for Cloned<T, M> {
+    fn next_attempt(
+        &mut self,
+    ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
+        Some(self.task.clone().into_work())
+    }
+}
+
+/// A factory: each attempt runs a freshly built task.
+pub(crate) struct Factory<F, M> {
+    make: F,
+    _marker: PhantomData<fn() -> M>,
+}
+
+impl<F, T, M> Attempts for Factory<F, M>
+where
+    F: Fn() -> T + Send + 'static,
+    T: IntoBackgroundTask<M>,
+    M: 'static,
+{
+    fn next_attempt(
+        &mut self,
+    ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
+        Some((self.make)().into_work())
+    }
+}
+
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum CloneTask {}
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum FactoryTask {}
+
+impl<T, M> Rerunnable<(CloneTask, M)> for T
+where
+    T: IntoBackgroundTask<M> + Clone,
+    M: 'static,
+{
+    type Mode = T::Mode;
+
+    fn own_name(&self) -> Option<Cow<'static, str>> {
+        IntoBackgroundTask::own_name(self)
+    }
+
+    fn derived_name() -> &'static str {
+        <T as IntoBackgroundTask<M>>::derived_name()
+    }
+
+    fn into_attempts(self) -> impl Attempts {
+        Cloned {
+            task: self,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<F, T, M> Rerunnable<(FactoryTask, M)> for F
+where
+    F: Fn() -> T + Send + 'static,
+    T: IntoBackgroundTask<M>,
+    M: 'static,
+{
+    type Mode = T::Mode;
+
+    fn own_name(&self) -> Option<Cow<'static, str>> {
+        None
+    }
+
+    fn derived_name() -> &'static str {
+        <T as IntoBackgroundTask<M>>::derived_name()
+    }
+
+    fn into_attempts(self) -> impl Attempts {
+        Factory {
+            make: self,
+            _marker: PhantomData,
+        }
     }
 }
 

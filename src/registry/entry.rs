@@ -166,6 +166,11 @@ impl TaskCell {
         self.notify.notify_waiters();
     }
 
+    /// Counts one more run of a retried task.
+    pub(crate) fn next_attempt(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn is_started(&self) -> bool {
         self.started_at.get().is_some()
     }
