@@ -337,7 +337,7 @@ fn log_failure(info: &TaskInfo, error: &TaskError) {
             task.id = %info.id,
             task.name = %info.name,
             task.phase = %info.phase,
-            request.path = path,
+            request.path = %path,
             error = %error,
             "background task did not complete"
         ),
@@ -345,7 +345,7 @@ fn log_failure(info: &TaskInfo, error: &TaskError) {
             task.id = %info.id,
             task.name = %info.name,
             task.phase = %info.phase,
-            request.path = path,
+            request.path = %path,
             error = %error,
             "background task did not complete"
         ),
