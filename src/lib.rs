@@ -71,6 +71,17 @@
 //! the default config's. A panic in a task or a handler never reaches the
 //! server.
 //!
+//! # Comparison with `TaskTracker`
+//!
+//! tokio-util's [`TaskTracker`](https://docs.rs/tokio-util/latest/tokio_util/task/task_tracker/struct.TaskTracker.html)
+//! waits for the tasks it spawned; this crate adds what a web service needs around
+//! that: tasks that start at a point of the request's life, a mode fixed by type,
+//! names, error handlers, per-task cancellation with shielding, a deadline, and a
+//! report of what became of each task. When none of that is needed, a `TaskTracker`
+//! in the router's state is the smaller tool.
+//!
+#![doc = include_str!("docs/guide.md")]
+//!
 //! # Feature flags
 //!
 //! | Name | Description | Default? |

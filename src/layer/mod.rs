@@ -1,7 +1,7 @@
 //! The tower layer: gives each request its [`Tasks`](crate::Tasks) and fires
 //! the after-route and after-response phases.
 //!
-//! - [`BackgroundService::call`] puts the request's scope in its extensions;
+//! - [`BackgroundService`] (its `call`) puts the request's scope in its extensions;
 //! - [`ResponseFuture`] fires after-route when the inner future yields the
 //!   response (and both phases if it is dropped before then);
 //! - [`ResponseBody`] fires after-response once: at the end of the stream, on a
