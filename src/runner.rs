@@ -291,41 +291,69 @@ impl Shared {
     }
 
     /// [`report`](Self::report) from a place that cannot await (a `Drop`, or a
-    /// `schedule` call). A sync handler is called in place; an async one runs
-    /// on the runtime when there is one, and is skipped (with an error logged)
-    /// when there is not.
+    /// `schedule` call). A sync handler is called in place. An async one runs
+    /// on the task's runtime; where no runtime was ever known, on a
+    /// single-threaded runtime made for the call.
     pub(crate) fn report_dropped(self: &Arc<Self>, cell: &Arc<TaskCell>, was_started: bool) {
-        let Some(Err(error)) = cell.decided_outcome() else {
-            self.registry.end(cell, was_started);
+        let async_handler = cell
+            .on_error
+            .as_ref()
+            .is_some_and(|handler| !handler.is_sync());
+        if !matches!(cell.decided_outcome(), Some(Err(_))) || !async_handler {
+            // Nothing to await (a sync handler completes in its first poll):
+            // report in place.
+            let _ = self.report(cell, was_started).now_or_never();
             return;
+        }
+        let report = ReportOnce {
+            shared: Arc::clone(self),
+            cell: Arc::clone(cell),
+            was_started,
         };
-        match (&cell.on_error, self.runtime()) {
-            (Some(handler), Some(runtime)) if !handler.is_sync() => {
-                let shared = Arc::clone(self);
-                let cell = Arc::clone(cell);
-                drop(runtime.spawn(async move { shared.report(&cell, was_started).await }));
-            }
-            (handler, _) => {
-                let info = cell.info();
-                log_failure(&info, error);
-                match handler {
-                    Some(handler) if handler.is_sync() => {
-                        let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            futures_util::FutureExt::now_or_never(handler.call(&info, error))
-                        }));
-                        if let Err(payload) = call {
-                            log_handler_panic(&info, &panic_message(&*payload));
-                        }
-                    }
-                    Some(_) => tracing::error!(
-                        task.id = %info.id,
-                        task.name = %info.name,
-                        "async error handler not called: no tokio runtime to run it on"
-                    ),
-                    None => {}
-                }
-                self.registry.end(cell, was_started);
-            }
+        if let Some(runtime) = self.runtime() {
+            // If the runtime drops this unrun (it is shutting down), `ReportOnce`
+            // still ends the task.
+            drop(runtime.spawn(report.run()));
+            return;
+        }
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(report.run()),
+            Err(error) => tracing::error!(
+                task.id = %cell.id,
+                task.name = %cell.name,
+                %error,
+                "async error handler not called: cannot start a runtime to run it on"
+            ),
+        }
+    }
+}
+
+/// A report handed to a runtime: ends the task even if the runtime drops it
+/// before the handler returns.
+struct ReportOnce {
+    shared: Arc<Shared>,
+    cell: Arc<TaskCell>,
+    was_started: bool,
+}
+
+impl ReportOnce {
+    async fn run(self) {
+        self.shared.report(&self.cell, self.was_started).await;
+    }
+}
+
+impl Drop for ReportOnce {
+    fn drop(&mut self) {
+        if !self.cell.is_ended() {
+            tracing::error!(
+                task.id = %self.cell.id,
+                task.name = %self.cell.name,
+                "async error handler did not finish: its runtime shut down"
+            );
+            self.shared.registry.end(&self.cell, self.was_started);
         }
     }
 }
