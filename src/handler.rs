@@ -33,6 +33,13 @@ pub trait ErrorHandler: Send + Sync + 'static {
     fn handle(&self, info: &TaskInfo, error: &TaskError) -> impl Future<Output = ()> + Send;
 }
 
+/// A shared plugin is a plugin: one stateful handler can serve many tasks.
+impl<H: ErrorHandler> ErrorHandler for Arc<H> {
+    fn handle(&self, info: &TaskInfo, error: &TaskError) -> impl Future<Output = ()> + Send {
+        (**self).handle(info, error)
+    }
+}
+
 type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// The object-safe form of [`ErrorHandler`].

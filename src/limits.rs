@@ -50,13 +50,15 @@ pub enum OverflowPolicy {
 /// assert_eq!(policy.nominal_delay(1), Duration::from_millis(100));
 /// assert_eq!(policy.nominal_delay(3), Duration::from_millis(400));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     attempts: u32,
     backoff: Duration,
     max_backoff: Duration,
     jitter: bool,
     panics: bool,
+    /// `Some` when only some failures are worth another run.
+    retry_if: Option<fn(&TaskError) -> bool>,
 }
 
 impl RetryPolicy {
@@ -69,6 +71,7 @@ impl RetryPolicy {
             max_backoff: Duration::from_secs(30),
             jitter: true,
             panics: false,
+            retry_if: None,
         }
     }
 
@@ -99,6 +102,25 @@ impl RetryPolicy {
     #[must_use]
     pub fn retry_panics(mut self, retry: bool) -> Self {
         self.panics = retry;
+        self
+    }
+
+    /// Retries only failures for which `predicate` returns `true` (panics
+    /// still need [`retry_panics`](Self::retry_panics)); others end the task
+    /// at once. For errors that another run cannot fix (a 422, bad input).
+    ///
+    /// ```
+    /// use axum_background::{RetryPolicy, TaskError};
+    ///
+    /// fn transient(error: &TaskError) -> bool {
+    ///     !error.to_string().contains("invalid")
+    /// }
+    /// let policy = RetryPolicy::attempts(5).retry_if(transient);
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn retry_if(mut self, predicate: fn(&TaskError) -> bool) -> Self {
+        self.retry_if = Some(predicate);
         self
     }
 
@@ -142,6 +164,7 @@ impl RetryPolicy {
                 TaskError::Panicked(_) => self.panics,
                 _ => false,
             }
+            && self.retry_if.is_none_or(|retry| retry(error))
     }
 }
 

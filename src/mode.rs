@@ -110,6 +110,6 @@ impl ModeKind {
 
 impl fmt::Display for ModeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }

@@ -1032,3 +1032,27 @@ fn task_with_async_handler_ends_when_its_runtime_shuts_down() {
     let (background, handle) = run_then_drop_runtime(seen.async_handler());
     assert_ended_as_cancelled(&background, &handle);
 }
+
+/// A stateful plugin shared as `Arc<H>`: every task's failure reaches the one instance.
+#[tokio::test]
+async fn one_shared_plugin_serves_many_tasks() {
+    struct Counter(AtomicUsize);
+
+    impl ErrorHandler for Counter {
+        async fn handle(&self, _info: &TaskInfo, _error: &TaskError) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let counter = Arc::new(Counter(AtomicUsize::new(0)));
+    let background = Background::new();
+    for _ in 0..3 {
+        background
+            .task()
+            .on_error(Arc::clone(&counter))
+            .build()
+            .schedule(async { Err::<(), _>("boom") });
+    }
+    within("the failing tasks", background.wait_idle()).await;
+    assert_eq!(counter.0.load(Ordering::SeqCst), 3);
+}
