@@ -332,7 +332,7 @@ impl Shared {
             request: scope.and_then(|scope| scope.request_meta()),
             on_error: config.on_error.or_else(|| default.on_error.clone()),
         }));
-        let handle = TaskHandle::new(Arc::clone(&cell));
+        let handle = TaskHandle::new(Arc::clone(&cell), Arc::clone(self));
         // Insert before checking `closing`: shutdown sets `closing` before it
         // reads the registry, so a task either is seen by shutdown or sees
         // `closing` here.

@@ -9,7 +9,9 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::Notified;
 
+use crate::background::Shared;
 use crate::registry::TaskCell;
+use crate::shutdown::CancelOutcome;
 use crate::{TaskError, TaskId, TaskInfo};
 
 /// A scheduled task, seen from outside: its id, its state, its outcome.
@@ -19,11 +21,18 @@ use crate::{TaskError, TaskId, TaskInfo};
 #[derive(Clone)]
 pub struct TaskHandle {
     cell: Arc<TaskCell>,
+    /// Where the task is registered, for `cancel`.
+    shared: Arc<Shared>,
 }
 
 impl TaskHandle {
-    pub(crate) fn new(cell: Arc<TaskCell>) -> Self {
-        TaskHandle { cell }
+    pub(crate) fn new(cell: Arc<TaskCell>, shared: Arc<Shared>) -> Self {
+        TaskHandle { cell, shared }
+    }
+
+    /// Cancels the task; see [`Background::cancel`](crate::Background::cancel).
+    pub fn cancel(&self) -> CancelOutcome {
+        self.shared.cancel_now(&self.cell)
     }
 
     /// The task's id.

@@ -19,6 +19,12 @@ impl TaskId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// The id with this number (from a log line, a URL): for
+    /// [`Background::cancel`](crate::Background::cancel).
+    pub fn from_u64(id: u64) -> Self {
+        TaskId(id)
+    }
 }
 
 impl fmt::Display for TaskId {

@@ -119,7 +119,9 @@ pub use info::{TaskId, TaskInfo};
 pub use limits::{OverflowPolicy, RetryPolicy};
 pub use phase::Phase;
 pub use registry::{Stats, WaitIdle};
-pub use shutdown::{IntoShutdownHook, ShutdownHook, ShutdownReport, shutdown_signal};
+pub use shutdown::{
+    CancelOutcome, IntoShutdownHook, ShutdownHook, ShutdownReport, shutdown_signal,
+};
 pub use task::{BackgroundTask, BlockingTask, IntoBackgroundTask, Rerunnable, TaskResult};
 
 /// The error type tasks may return: any error that is `Send + Sync`.

@@ -156,6 +156,9 @@ impl<A: Attempts> Job<A> {
         };
         if let Some(was_started) = cell.try_finish(outcome) {
             shared.report(&cell, was_started).await;
+        } else if cell.take_delegated_report() {
+            // Cancelled on request while running: its work is dropped by now.
+            shared.report(&cell, true).await;
         }
     }
 

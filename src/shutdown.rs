@@ -12,8 +12,9 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use crate::background::{Background, Shared};
+use crate::mode::ModeKind;
 use crate::registry::TaskCell;
-use crate::{TaskError, TaskInfo};
+use crate::{TaskError, TaskId, TaskInfo};
 
 /// What [`Background::shutdown`] did with every task in flight when it began.
 ///
@@ -286,12 +287,74 @@ impl Background {
 }
 
 impl Shared {
-    /// Cancels one task: a queued one ends now without starting; a running
-    /// one is asked to stop (async: dropped at its next poll; sync: signalled).
+    /// Cancels one task on request: it ends now as [`TaskError::Cancelled`].
+    /// A queued task never starts; a running async task is dropped at its next
+    /// poll; a running sync task's cancellation fires but its thread runs on
+    /// (its eventual result is ignored).
+    pub(crate) fn cancel_now(self: &Arc<Self>, cell: &Arc<TaskCell>) -> CancelOutcome {
+        // Claim first, then signal: the task's runner must find the outcome taken.
+        match cell.try_finish(Err(TaskError::Cancelled)) {
+            Some(true) if cell.mode == ModeKind::Async => {
+                // Its runner reports once the future is dropped.
+                cell.delegate_report();
+                cell.request_cancel();
+                CancelOutcome::Cancelled
+            }
+            Some(was_started) => {
+                cell.request_cancel();
+                self.report_dropped(cell, was_started);
+                CancelOutcome::Cancelled
+            }
+            None => CancelOutcome::AlreadyEnded,
+        }
+    }
+
+    /// Cancels one task at shutdown: a queued one ends now without starting; a
+    /// running one is asked to stop (async: dropped at its next poll; sync:
+    /// signalled, and waited for).
     pub(crate) fn cancel(self: &Arc<Self>, cell: &Arc<TaskCell>) {
         cell.request_cancel();
         if cell.try_finish_queued(Err(TaskError::Cancelled)) {
             self.report_dropped(cell, false);
+        }
+    }
+}
+
+/// What [`TaskHandle::cancel`](crate::TaskHandle::cancel) or
+/// [`Background::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+#[must_use = "says whether the task was cancelled or had already ended"]
+pub enum CancelOutcome {
+    /// The task was in flight and now ends as [`TaskError::Cancelled`].
+    Cancelled,
+    /// The task had already ended (or was ending): nothing changed.
+    AlreadyEnded,
+    /// No task with this id was ever scheduled by this `Background`.
+    Unknown,
+}
+
+impl CancelOutcome {
+    /// Whether this call cancelled the task.
+    pub fn is_cancelled(self) -> bool {
+        self == CancelOutcome::Cancelled
+    }
+}
+
+impl Background {
+    /// Cancels the task with this id: it ends as [`TaskError::Cancelled`],
+    /// exactly once (logged, passed to its error handler, counted).
+    ///
+    /// A queued task never starts; a running async task is dropped at its next
+    /// `.await`; a running sync task cannot be interrupted: its
+    /// [`TaskContext`](crate::TaskContext) cancellation fires and its thread
+    /// runs on, its eventual result ignored. Shielding protects from shutdown,
+    /// not from this explicit request.
+    pub fn cancel(&self, id: TaskId) -> CancelOutcome {
+        match self.shared.registry.get(id) {
+            Some(cell) => self.shared.cancel_now(&cell),
+            None if self.shared.registry.was_issued(id) => CancelOutcome::AlreadyEnded,
+            None => CancelOutcome::Unknown,
         }
     }
 }

@@ -47,6 +47,10 @@ pub(crate) struct TaskCell {
     started_at: OnceLock<Instant>,
     attempts: AtomicU32,
     cancel_requested: AtomicBool,
+    /// Set when a canceller claimed a running async task's end but left the
+    /// report to its runner, so that the future is dropped before the outcome
+    /// is published. Taken once, by the runner or by its membership's drop.
+    delegated: AtomicBool,
     /// The running future's waker, woken by `request_cancel`.
     waker: AtomicWaker,
     /// `Some` once the task has asked for a token (see `TaskContext`).
@@ -82,6 +86,7 @@ impl TaskCell {
             started_at: OnceLock::new(),
             attempts: AtomicU32::new(0),
             cancel_requested: AtomicBool::new(false),
+            delegated: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             token: OnceLock::new(),
             outcome: OnceLock::new(),
@@ -217,6 +222,17 @@ impl TaskCell {
         token
     }
 
+    /// Leaves the report of a claimed end to the task's runner.
+    pub(crate) fn delegate_report(&self) {
+        // Release: the runner, woken by `request_cancel`, takes it with Acquire.
+        self.delegated.store(true, Ordering::Release);
+    }
+
+    /// Whether this caller must report a claimed end (true at most once).
+    pub(crate) fn take_delegated_report(&self) -> bool {
+        self.delegated.swap(false, Ordering::AcqRel)
+    }
+
     pub(crate) fn is_cancel_requested(&self) -> bool {
         self.cancel_requested.load(Ordering::Acquire)
     }
@@ -251,6 +267,8 @@ impl Drop for Membership {
     fn drop(&mut self) {
         if let Some(was_started) = self.cell.try_finish(Err(TaskError::Cancelled)) {
             self.shared.report_dropped(&self.cell, was_started);
+        } else if self.cell.take_delegated_report() {
+            self.shared.report_dropped(&self.cell, true);
         }
     }
 }

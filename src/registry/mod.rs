@@ -73,6 +73,15 @@ impl Registry {
         }
     }
 
+    pub(crate) fn get(&self, id: TaskId) -> Option<Arc<TaskCell>> {
+        self.tasks.get(&id).map(|entry| Arc::clone(entry.value()))
+    }
+
+    /// Whether `id` was handed out (ids count up from 1).
+    pub(crate) fn was_issued(&self, id: TaskId) -> bool {
+        id.0 >= 1 && id.0 <= self.next_id.load(Ordering::Relaxed)
+    }
+
     /// The cells of every task in flight (shard guards are released before
     /// this returns).
     pub(crate) fn cells(&self) -> Vec<Arc<TaskCell>> {
