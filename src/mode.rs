@@ -46,14 +46,19 @@ impl Mode for Sync {
     const KIND: ModeKind = ModeKind::Sync;
 
     fn start<A: Attempts>(runtime: &Handle, mut job: Job<A>) {
-        // Ask for a thread permit now, so that tasks get threads in schedule order.
-        job.blocking = job
-            .membership
-            .shared
-            .limits
-            .blocking
-            .as_ref()
-            .map(Permit::request);
+        // Ask for a thread permit now, so that tasks get threads in schedule
+        // order, but only with the in-flight slot in hand: a task never holds
+        // a thread permit while it waits for a slot (the other order could
+        // deadlock with a task holding a slot while it waits for a thread).
+        if job.slot.as_ref().is_none_or(Permit::is_held) {
+            job.blocking = job
+                .membership
+                .shared
+                .limits
+                .blocking
+                .as_ref()
+                .map(Permit::request);
+        }
         if job.is_simple() {
             // One blocking thread does it all; it holds the thread permit.
             let permit = job.take_held_blocking_permit();

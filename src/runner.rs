@@ -96,18 +96,24 @@ impl<A: Attempts> Job<A> {
                 _ => return self.end_unstarted(),
             }
         }
+        // A sync task's first thread permit, after its slot (see `Sync::start`).
         let mut thread_permit = None;
-        if let (Exec::Blocking(_), Some(permit)) = (&exec, self.blocking.take()) {
-            match until_cancelled(&cell, permit.acquire()).await {
-                Some(Some(permit)) => thread_permit = Some(permit),
-                _ => return self.end_unstarted(),
+        if let Exec::Blocking(_) = &exec {
+            let permit = self
+                .blocking
+                .take()
+                .or_else(|| shared.limits.blocking.as_ref().map(Permit::request));
+            if let Some(permit) = permit {
+                match until_cancelled(&cell, permit.acquire()).await {
+                    Some(Some(permit)) => thread_permit = Some(permit),
+                    _ => return self.end_unstarted(),
+                }
             }
         }
-        if !cell.try_start() {
+        if !cell.try_start(&shared.registry.counters) {
             // Ended while queued (cancelled at shutdown): already reported.
             return;
         }
-        shared.registry.counters.started();
 
         let mut attempt = 1;
         let outcome = loop {

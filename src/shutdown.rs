@@ -232,8 +232,17 @@ impl Background {
             "background shutdown started"
         );
 
-        for cell in cells.iter().filter(|cell| !cell.shielded) {
-            shared.cancel(cell);
+        // Queued ones first, so that a slot freed by cancelling a running
+        // task cannot start an unshielded one that was waiting for it.
+        let unshielded = || cells.iter().filter(|cell| !cell.shielded);
+        for cell in unshielded() {
+            if cell.try_finish_queued(Err(TaskError::Cancelled)) {
+                cell.request_cancel();
+                shared.report_dropped(cell, false);
+            }
+        }
+        for cell in unshielded() {
+            cell.request_cancel();
         }
 
         // Wait for every task to end, up to the deadline. Past it, a task
@@ -306,16 +315,6 @@ impl Shared {
                 CancelOutcome::Cancelled
             }
             None => CancelOutcome::AlreadyEnded,
-        }
-    }
-
-    /// Cancels one task at shutdown: a queued one ends now without starting; a
-    /// running one is asked to stop (async: dropped at its next poll; sync:
-    /// signalled, and waited for).
-    pub(crate) fn cancel(self: &Arc<Self>, cell: &Arc<TaskCell>) {
-        cell.request_cancel();
-        if cell.try_finish_queued(Err(TaskError::Cancelled)) {
-            self.report_dropped(cell, false);
         }
     }
 }

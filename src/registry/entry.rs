@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::background::Shared;
 use crate::handler::SharedErrorHandler;
 use crate::mode::ModeKind;
+use crate::registry::Counters;
 use crate::request::RequestMeta;
 use crate::{Phase, TaskError, TaskId, TaskInfo};
 
@@ -110,14 +111,16 @@ impl TaskCell {
         }
     }
 
-    /// `QUEUED -> RUNNING`; false if the task was ended before it started.
-    pub(crate) fn try_start(&self) -> bool {
+    /// `QUEUED -> RUNNING`, counted before anyone is told; false if the task
+    /// was ended before it started.
+    pub(crate) fn try_start(&self, counters: &Counters) -> bool {
         // AcqRel: pairs with the CAS in `try_finish`, so that exactly one wins.
         let won = self
             .state
             .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if won {
+            counters.started();
             let _ = self.started_at.set(Instant::now());
             self.attempts.fetch_add(1, Ordering::Relaxed);
             self.notify.notify_waiters();
