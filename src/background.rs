@@ -324,6 +324,7 @@ impl Shared {
             .or_else(|| default.name.clone())
             .unwrap_or(Cow::Borrowed(source.derived_name));
         let cell = Arc::new(TaskCell::new(NewTask {
+            shared: Arc::clone(self),
             id: self.registry.next_id(),
             name,
             phase,
@@ -332,15 +333,12 @@ impl Shared {
             request: scope.and_then(|scope| scope.request_meta()),
             on_error: config.on_error.or_else(|| default.on_error.clone()),
         }));
-        let handle = TaskHandle::new(Arc::clone(&cell), Arc::clone(self));
+        let handle = TaskHandle::new(Arc::clone(&cell));
         // Insert before checking `closing`: shutdown sets `closing` before it
         // reads the registry, so a task either is seen by shutdown or sees
         // `closing` here.
         self.registry.insert(&cell);
-        let membership = Membership {
-            shared: Arc::clone(self),
-            cell,
-        };
+        let membership = Membership { cell };
         let reject = if self.closing.load(Ordering::SeqCst) {
             Some(RejectReason::ShuttingDown)
         } else if self.runtime().is_none() {
@@ -380,7 +378,7 @@ impl Shared {
             span,
         };
         let start = move || {
-            let shared = Arc::clone(&job.membership.shared);
+            let shared = Arc::clone(job.membership.shared());
             match shared.limits.admit() {
                 Ok(slot) => job.slot = slot,
                 Err(reason) => return shared.reject(&job.membership.cell, reason),

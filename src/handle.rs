@@ -9,7 +9,6 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::Notified;
 
-use crate::background::Shared;
 use crate::registry::TaskCell;
 use crate::shutdown::CancelOutcome;
 use crate::{TaskError, TaskId, TaskInfo};
@@ -21,18 +20,16 @@ use crate::{TaskError, TaskId, TaskInfo};
 #[derive(Clone)]
 pub struct TaskHandle {
     cell: Arc<TaskCell>,
-    /// Where the task is registered, for `cancel`.
-    shared: Arc<Shared>,
 }
 
 impl TaskHandle {
-    pub(crate) fn new(cell: Arc<TaskCell>, shared: Arc<Shared>) -> Self {
-        TaskHandle { cell, shared }
+    pub(crate) fn new(cell: Arc<TaskCell>) -> Self {
+        TaskHandle { cell }
     }
 
     /// Cancels the task; see [`Background::cancel`](crate::Background::cancel).
     pub fn cancel(&self) -> CancelOutcome {
-        self.shared.cancel_now(&self.cell)
+        self.cell.shared.cancel_now(&self.cell)
     }
 
     /// The task's id.

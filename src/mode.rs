@@ -6,9 +6,11 @@
 //! associated `Mode` type, so there is no runtime branch on a mode value.
 
 use std::fmt;
+use std::future::Future;
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
+use tracing::{Instrument, Span};
 
 use crate::limits::Permit;
 use crate::runner::{Exec, Job};
@@ -53,24 +55,27 @@ impl Mode for Sync {
         if job.slot.as_ref().is_none_or(Permit::is_held) {
             job.blocking = job
                 .membership
-                .shared
+                .shared()
                 .limits
                 .blocking
                 .as_ref()
                 .map(Permit::request);
         }
+        let span = job.take_span();
         if job.is_simple() {
             // One blocking thread does it all; it holds the thread permit.
             let permit = job.take_held_blocking_permit();
             let driver = runtime.clone();
             spawn_blocking(runtime, move || {
                 let _permit = permit;
-                driver.block_on(job.run(Exec::Inline));
+                let _entered = span.as_ref().map(Span::enter);
+                driver.block_on(job.run_simple());
             });
         } else {
             // Waits (for a slot, a deadline, a backoff) happen on the runtime;
             // each attempt gets a blocking thread.
-            drop(runtime.spawn(job.run(Exec::Blocking(runtime.clone()))));
+            let driver = runtime.clone();
+            spawn(runtime, span, job.run(Exec::Blocking(driver)));
         }
     }
 }
@@ -78,8 +83,25 @@ impl Mode for Sync {
 impl Mode for Async {
     const KIND: ModeKind = ModeKind::Async;
 
-    fn start<A: Attempts>(runtime: &Handle, job: Job<A>) {
-        drop(runtime.spawn(job.run(Exec::Inline)));
+    fn start<A: Attempts>(runtime: &Handle, mut job: Job<A>) {
+        let span = job.take_span();
+        if job.is_simple_inline() {
+            spawn(runtime, span, job.run_simple());
+        } else {
+            spawn(runtime, span, job.run(Exec::Inline));
+        }
+    }
+}
+
+/// Spawns `work` on the runtime, in `span` if there is one. Dropping the
+/// join handle detaches it: the work reports its own outcome.
+fn spawn<F>(runtime: &Handle, span: Option<Span>, work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match span {
+        Some(span) => drop(runtime.spawn(work.instrument(span))),
+        None => drop(runtime.spawn(work)),
     }
 }
 

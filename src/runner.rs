@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use crate::BoxError;
 use crate::background::Shared;
@@ -72,6 +72,13 @@ impl<A: Attempts> Job<A> {
             && self.blocking.as_ref().is_none_or(Permit::is_held)
     }
 
+    /// Whether an async task, or a sync task on its one blocking thread, can
+    /// run with the small runner: a single attempt, no deadline, nothing to
+    /// wait for.
+    pub(crate) fn is_simple_inline(&self) -> bool {
+        self.is_simple() && self.blocking.is_none()
+    }
+
     /// Takes the thread permit the first attempt needs, if it is held.
     pub(crate) fn take_held_blocking_permit(&mut self) -> Option<Permit> {
         self.blocking.take_if(|permit| permit.is_held())
@@ -80,14 +87,9 @@ impl<A: Attempts> Job<A> {
     /// Runs the task: wait for its slot, start it (unless it was ended while
     /// queued), run attempts until one succeeds or the retry policy gives up,
     /// then report the outcome.
-    pub(crate) fn run(self, exec: Exec) -> impl Future<Output = ()> + Send + 'static {
-        let span = self.span.clone();
-        self.run_in_span(exec).instrument(span)
-    }
-
-    async fn run_in_span(mut self, exec: Exec) {
+    pub(crate) async fn run(mut self, exec: Exec) {
         let cell = Arc::clone(&self.membership.cell);
-        let shared = Arc::clone(&self.membership.shared);
+        let shared = Arc::clone(self.membership.shared());
         // Held until the task has been reported.
         let mut _slot = None;
         if let Some(slot) = self.slot.take() {
@@ -160,31 +162,59 @@ impl<A: Attempts> Job<A> {
                 (result, _) => break result,
             }
         };
-        if let Some(was_started) = cell.try_finish(outcome) {
-            shared.report(&cell, was_started).await;
-        } else if cell.take_delegated_report() {
-            // Cancelled on request while running: its work is dropped by now.
-            shared.report(&cell, true).await;
-        }
+        finish(&cell, outcome).await;
     }
 
-    /// Ends a task cancelled while it waited for a slot, if nobody else has.
-    fn end_unstarted(self) {
-        let cell = &self.membership.cell;
-        if cell.try_finish(Err(TaskError::Cancelled)).is_some() {
-            self.membership.shared.report_dropped(cell, false);
-        }
+    /// [`run`](Self::run) for the common case ([`is_simple_inline`](Self::is_simple_inline)):
+    /// one attempt, polled in place, with a small state to keep in memory
+    /// while the task waits.
+    pub(crate) fn run_simple(self) -> impl Future<Output = ()> + Send + 'static {
+        // Only what the run needs goes into its future.
+        let slot = match self.slot {
+            Some(Permit::Held(permit)) => Some(permit),
+            _ => None,
+        };
+        run_simple(self.membership, self.attempts, slot)
     }
 }
 
-/// One attempt, polled here: an async task's future (dropped if the task is
-/// cancelled or its timeout passes), or a simple sync task's work on the
-/// blocking thread this runs on.
-async fn run_inline<W>(
-    cell: &Arc<TaskCell>,
-    work: W,
-    timeout: Option<Duration>,
-) -> Result<(), TaskError>
+/// See [`Job::run_simple`].
+async fn run_simple<A: Attempts>(
+    membership: Membership,
+    mut attempts: A,
+    // Held until the task has been reported.
+    _slot: Option<OwnedSemaphorePermit>,
+) {
+    let cell = &membership.cell;
+    if !cell.try_start(&cell.shared.registry.counters) {
+        // Ended while queued (cancelled at shutdown): already reported.
+        return;
+    }
+    let outcome = match attempts.next_attempt() {
+        Some(work) => attempt(cell, work).await,
+        None => Err(TaskError::Cancelled),
+    };
+    finish(cell, outcome).await;
+}
+
+/// Ends a task whose work is over with `outcome`, unless someone else
+/// claimed its end; reports a failure (boxed: the rare path should not grow
+/// every task's future).
+async fn finish(cell: &Arc<TaskCell>, outcome: Result<(), TaskError>) {
+    if let Some(was_started) = cell.try_finish(outcome) {
+        if cell.decided_outcome().is_some_and(Result::is_ok) {
+            cell.shared.registry.end(cell, was_started);
+        } else {
+            Box::pin(cell.shared.report(cell, was_started)).await;
+        }
+    } else if cell.take_delegated_report() {
+        // Cancelled on request while running: its work is dropped by now.
+        Box::pin(cell.shared.report(cell, true)).await;
+    }
+}
+
+/// One attempt polled in place, without a deadline.
+async fn attempt<W>(cell: &Arc<TaskCell>, work: W) -> Result<(), TaskError>
 where
     W: Future<Output = Result<(), BoxError>> + Send,
 {
@@ -195,17 +225,51 @@ where
         interruptible: cell.mode == ModeKind::Async,
         work: crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind()),
     };
-    let result = match timeout {
-        Some(timeout) => match tokio::time::timeout(timeout, work).await {
-            Ok(result) => result,
-            Err(_elapsed) => return Err(TaskError::TimedOut),
-        },
-        None => work.await,
-    };
+    classify(work.await)
+}
+
+fn classify(
+    result: Option<Result<Result<(), BoxError>, Box<dyn std::any::Any + Send>>>,
+) -> Result<(), TaskError> {
     match result {
         Some(Ok(result)) => result.map_err(|error| TaskError::Failed(Arc::from(error))),
         Some(Err(payload)) => Err(TaskError::Panicked(panic_message(&*payload))),
         None => Err(TaskError::Cancelled),
+    }
+}
+
+impl<A> Job<A> {
+    /// The task's span, if it is enabled (a disabled span is not worth
+    /// carrying in every task's future).
+    pub(crate) fn take_span(&mut self) -> Option<Span> {
+        let span = std::mem::replace(&mut self.span, Span::none());
+        (!span.is_disabled()).then_some(span)
+    }
+
+    /// Ends a task cancelled while it waited for a slot, if nobody else has.
+    fn end_unstarted(self) {
+        let cell = &self.membership.cell;
+        if cell.try_finish(Err(TaskError::Cancelled)).is_some() {
+            cell.shared.report_dropped(cell, false);
+        }
+    }
+}
+
+/// One attempt, polled here, with an optional deadline: an async task's
+/// future is dropped if the task is cancelled or its timeout passes.
+async fn run_inline<W>(
+    cell: &Arc<TaskCell>,
+    work: W,
+    timeout: Option<Duration>,
+) -> Result<(), TaskError>
+where
+    W: Future<Output = Result<(), BoxError>> + Send,
+{
+    match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, attempt(cell, work))
+            .await
+            .unwrap_or(Err(TaskError::TimedOut)),
+        None => attempt(cell, work).await,
     }
 }
 

@@ -33,6 +33,9 @@ const ENDED: u8 = 3;
 /// `FINISHING` is a compare-and-swap: whoever wins it reports the outcome, so
 /// each task is reported exactly once.
 pub(crate) struct TaskCell {
+    /// The `Background` the task belongs to (one reference per task: the
+    /// registry, its membership and its handle reach it through here).
+    pub(crate) shared: Arc<Shared>,
     pub(crate) id: TaskId,
     pub(crate) name: Cow<'static, str>,
     pub(crate) phase: Phase,
@@ -63,6 +66,7 @@ pub(crate) struct TaskCell {
 }
 
 pub(crate) struct NewTask {
+    pub(crate) shared: Arc<Shared>,
     pub(crate) id: TaskId,
     pub(crate) name: Cow<'static, str>,
     pub(crate) phase: Phase,
@@ -75,6 +79,7 @@ pub(crate) struct NewTask {
 impl TaskCell {
     pub(crate) fn new(task: NewTask) -> Self {
         TaskCell {
+            shared: task.shared,
             id: task.id,
             name: task.name,
             phase: task.phase,
@@ -262,16 +267,21 @@ impl TaskCell {
 /// the drop reports the task as cancelled, so no task is ever lost from the
 /// counters, the registry or its handle.
 pub(crate) struct Membership {
-    pub(crate) shared: Arc<Shared>,
     pub(crate) cell: Arc<TaskCell>,
+}
+
+impl Membership {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.cell.shared
+    }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
         if let Some(was_started) = self.cell.try_finish(Err(TaskError::Cancelled)) {
-            self.shared.report_dropped(&self.cell, was_started);
+            self.cell.shared.report_dropped(&self.cell, was_started);
         } else if self.cell.take_delegated_report() {
-            self.shared.report_dropped(&self.cell, true);
+            self.cell.shared.report_dropped(&self.cell, true);
         }
     }
 }
