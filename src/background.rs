@@ -20,7 +20,7 @@ use crate::registry::{Membership, NewTask, Registry, Stats, TaskCell, WaitIdle};
 use crate::request::RequestScope;
 use crate::runner::Job;
 use crate::shutdown::ShutdownHooks;
-use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
+use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable, TaskName};
 use crate::{Phase, TaskError, TaskInfo};
 
 /// The background-task runtime of an application.
@@ -279,7 +279,7 @@ impl Shared {
         let own_name = task.own_name();
         let source = TaskSource {
             own_name,
-            derived_name: T::derived_name(),
+            type_path: T::type_path(),
             attempts: Once::new(task.into_work()),
             retrying: false,
         };
@@ -300,7 +300,7 @@ impl Shared {
         let own_name = task.own_name();
         let source = TaskSource {
             own_name,
-            derived_name: T::derived_name(),
+            type_path: T::type_path(),
             attempts: task.into_attempts(),
             retrying: true,
         };
@@ -318,11 +318,14 @@ impl Shared {
     ) -> TaskHandle {
         let default = &self.default_config;
         // Names rank: per task, the task type's own, the default config's, derived.
-        let name = config
+        let name = match config
             .name
             .or(source.own_name)
             .or_else(|| default.name.clone())
-            .unwrap_or(Cow::Borrowed(source.derived_name));
+        {
+            Some(name) => TaskName::Given(name),
+            None => TaskName::Derived(source.type_path),
+        };
         let cell = Arc::new(TaskCell::new(NewTask {
             shared: Arc::clone(self),
             id: self.registry.next_id(),
@@ -351,19 +354,7 @@ impl Shared {
             return handle;
         }
 
-        let span = tracing::debug_span!(
-            "background_task",
-            id = %membership.cell.id,
-            name = %membership.cell.name,
-            phase = %phase,
-            mode = %Md::KIND,
-        );
-        if !span.is_disabled() {
-            match scope {
-                Some(scope) => span.follows_from(&scope.span),
-                None => span.follows_from(tracing::Span::current()),
-            };
-        }
+        let span = task_span(&membership.cell, scope);
         let mut job = Job {
             membership,
             attempts: source.attempts,
@@ -404,10 +395,34 @@ impl Shared {
     }
 }
 
+/// The task's `background_task` span (DEBUG), following from its request's.
+///
+/// Without any subscriber nothing can see it: it is not even built (with
+/// `tracing`'s `log` feature, building it would format its fields for `log`).
+fn task_span(cell: &TaskCell, scope: Option<&Arc<RequestScope>>) -> tracing::Span {
+    if !tracing::dispatcher::has_been_set() {
+        return tracing::Span::none();
+    }
+    let span = tracing::debug_span!(
+        "background_task",
+        id = %cell.id,
+        name = %cell.name(),
+        phase = %cell.phase,
+        mode = %cell.mode,
+    );
+    if !span.is_disabled() {
+        match scope {
+            Some(scope) => span.follows_from(&scope.span),
+            None => span.follows_from(tracing::Span::current()),
+        };
+    }
+    span
+}
+
 /// A task on its way in: its names and its attempts.
 struct TaskSource<A> {
     own_name: Option<Cow<'static, str>>,
-    derived_name: &'static str,
+    type_path: &'static str,
     attempts: A,
     /// Whether the route taken allows retries (the task can run again).
     retrying: bool,

@@ -74,7 +74,7 @@ impl fmt::Debug for TaskContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskContext")
             .field("id", &self.cell.id)
-            .field("name", &self.cell.name)
+            .field("name", &self.cell.name())
             .field("cancelled", &self.is_cancelled())
             .finish()
     }

@@ -88,7 +88,7 @@ impl fmt::Debug for TaskHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskHandle")
             .field("id", &self.cell.id)
-            .field("name", &self.cell.name)
+            .field("name", &self.cell.name())
             .field("started", &self.is_started())
             .field("outcome", &self.cell.outcome())
             .finish()

@@ -126,4 +126,3 @@ pub use task::{BackgroundTask, BlockingTask, IntoBackgroundTask, Rerunnable, Tas
 
 /// The error type tasks may return: any error that is `Send + Sync`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-

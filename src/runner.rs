@@ -144,7 +144,7 @@ impl<A: Attempts> Job<A> {
                     let delay = policy.delay(attempt);
                     tracing::warn!(
                         task.id = %cell.id,
-                        task.name = %cell.name,
+                        task.name = %cell.name(),
                         attempt,
                         ?delay,
                         %error,
@@ -396,7 +396,7 @@ impl Shared {
             Ok(runtime) => runtime.block_on(report.run()),
             Err(error) => tracing::error!(
                 task.id = %cell.id,
-                task.name = %cell.name,
+                task.name = %cell.name(),
                 %error,
                 "async error handler not called: cannot start a runtime to run it on"
             ),
@@ -423,7 +423,7 @@ impl Drop for ReportOnce {
         if !self.cell.is_ended() {
             tracing::error!(
                 task.id = %self.cell.id,
-                task.name = %self.cell.name,
+                task.name = %self.cell.name(),
                 "async error handler did not finish: its runtime shut down"
             );
             self.shared.registry.end(&self.cell, self.was_started);

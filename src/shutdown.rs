@@ -259,7 +259,7 @@ impl Background {
                 if let Some(was_started) = claimed {
                     tracing::warn!(
                         task.id = %cell.id,
-                        task.name = %cell.name,
+                        task.name = %cell.name(),
                         "task outlived the shutdown grace period"
                     );
                     overdue.insert(cell.id);

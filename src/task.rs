@@ -129,11 +129,12 @@ pub trait IntoBackgroundTask<M>: Send + Sized + 'static {
     #[doc(hidden)]
     fn own_name(&self) -> Option<Cow<'static, str>>;
 
-    /// A name derived from the type: an `async fn`'s name, or the function a
-    /// closure or `async` block was written in.
+    /// The type's path, from which a name is derived when the task has no
+    /// other: an `async fn`'s name, or the function a closure or `async` block
+    /// was written in. (Derived only when read: it is not free.)
     #[doc(hidden)]
-    fn derived_name() -> &'static str {
-        derived_name(std::any::type_name::<Self>())
+    fn type_path() -> &'static str {
+        std::any::type_name::<Self>()
     }
 
     /// The task's work as a future of the crate's common result.
@@ -219,9 +220,9 @@ pub trait Rerunnable<M>: Send + Sized + 'static {
     #[doc(hidden)]
     fn own_name(&self) -> Option<Cow<'static, str>>;
 
-    /// A name derived from the type.
+    /// The path of the task type, for a derived name.
     #[doc(hidden)]
-    fn derived_name() -> &'static str;
+    fn type_path() -> &'static str;
 
     /// The source of attempts.
     #[doc(hidden)]
@@ -309,8 +310,8 @@ where
         IntoBackgroundTask::own_name(self)
     }
 
-    fn derived_name() -> &'static str {
-        <T as IntoBackgroundTask<M>>::derived_name()
+    fn type_path() -> &'static str {
+        <T as IntoBackgroundTask<M>>::type_path()
     }
 
     fn into_attempts(self) -> impl Attempts {
@@ -333,8 +334,8 @@ where
         None
     }
 
-    fn derived_name() -> &'static str {
-        <T as IntoBackgroundTask<M>>::derived_name()
+    fn type_path() -> &'static str {
+        <T as IntoBackgroundTask<M>>::type_path()
     }
 
     fn into_attempts(self) -> impl Attempts {
@@ -381,6 +382,23 @@ fn segments(path: &str) -> Segments<'_> {
 /// `app::tasks::Welcome` → `Welcome`; generic arguments are kept.
 pub(crate) fn short_type_name(path: &'static str) -> &'static str {
     segments(path).last().unwrap_or(path)
+}
+
+/// A task's name: given (per task, by its type, by the default config), or
+/// derived from its type path when first read.
+#[derive(Debug, Clone)]
+pub(crate) enum TaskName {
+    Given(Cow<'static, str>),
+    Derived(&'static str),
+}
+
+impl TaskName {
+    pub(crate) fn get(&self) -> Cow<'static, str> {
+        match self {
+            TaskName::Given(name) => name.clone(),
+            TaskName::Derived(path) => Cow::Borrowed(derived_name(path)),
+        }
+    }
 }
 
 /// `app::send_audit::{{closure}}` → `send_audit`;

@@ -15,6 +15,7 @@ use crate::handler::SharedErrorHandler;
 use crate::mode::ModeKind;
 use crate::registry::Counters;
 use crate::request::RequestMeta;
+use crate::task::TaskName;
 use crate::{Phase, TaskError, TaskId, TaskInfo};
 
 /// Registered, waiting for its phase, a slot or a worker.
@@ -37,7 +38,7 @@ pub(crate) struct TaskCell {
     /// registry, its membership and its handle reach it through here).
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: TaskId,
-    pub(crate) name: Cow<'static, str>,
+    name: TaskName,
     pub(crate) phase: Phase,
     pub(crate) mode: ModeKind,
     pub(crate) shielded: bool,
@@ -68,7 +69,7 @@ pub(crate) struct TaskCell {
 pub(crate) struct NewTask {
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: TaskId,
-    pub(crate) name: Cow<'static, str>,
+    pub(crate) name: TaskName,
     pub(crate) phase: Phase,
     pub(crate) mode: ModeKind,
     pub(crate) shielded: bool,
@@ -100,11 +101,16 @@ impl TaskCell {
         }
     }
 
+    /// The task's name (derived from its type when it was given none).
+    pub(crate) fn name(&self) -> Cow<'static, str> {
+        self.name.get()
+    }
+
     /// A snapshot for handlers, handles and reports.
     pub(crate) fn info(&self) -> TaskInfo {
         TaskInfo {
             id: self.id,
-            name: self.name.clone(),
+            name: self.name(),
             phase: self.phase,
             mode: self.mode,
             shielded: self.shielded,
@@ -290,7 +296,7 @@ impl std::fmt::Debug for TaskCell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskCell")
             .field("id", &self.id)
-            .field("name", &self.name)
+            .field("name", &self.name())
             .field("state", &self.state.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
