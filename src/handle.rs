@@ -66,7 +66,7 @@ impl TaskHandle {
     pub fn started(&self) -> Started<'_> {
         Started {
             cell: &self.cell,
-            notified: self.cell.notify.notified(),
+            notified: self.cell.notified(),
         }
     }
 
@@ -79,7 +79,7 @@ impl TaskHandle {
     pub fn outcome(&self) -> Outcome<'_> {
         Outcome {
             cell: &self.cell,
-            notified: self.cell.notify.notified(),
+            notified: self.cell.notified(),
         }
     }
 }
@@ -116,7 +116,7 @@ impl Future for Started<'_> {
                 return Poll::Ready(());
             }
             ready!(this.notified.as_mut().poll(cx));
-            this.notified.set(this.cell.notify.notified());
+            this.notified.set(this.cell.notified());
         }
     }
 }
@@ -141,7 +141,7 @@ impl Future for Outcome<'_> {
                 return Poll::Ready(outcome.clone());
             }
             ready!(this.notified.as_mut().poll(cx));
-            this.notified.set(this.cell.notify.notified());
+            this.notified.set(this.cell.notified());
         }
     }
 }

@@ -361,7 +361,7 @@ impl Background {
 /// Resolves when `cell` has ended (its handler, if any, has returned).
 async fn cell_ended(cell: &TaskCell) {
     loop {
-        let notified = cell.notify.notified();
+        let notified = cell.notified();
         if cell.is_ended() {
             return;
         }

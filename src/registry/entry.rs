@@ -1,13 +1,14 @@
 //! One task's shared state, and its RAII membership in the registry.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
 
 use crate::background::Shared;
@@ -48,8 +49,10 @@ pub(crate) struct TaskCell {
     /// `Some` when the merged config names a handler.
     pub(crate) on_error: Option<SharedErrorHandler>,
     state: AtomicU8,
-    /// Set once, when the task starts.
-    started_at: OnceLock<Instant>,
+    /// When the task started, as nanoseconds after `scheduled_at` plus one;
+    /// 0 until it starts. (An atomic, not a `OnceLock`: it is on every task's
+    /// path.)
+    started: AtomicU64,
     attempts: AtomicU32,
     cancel_requested: AtomicBool,
     /// Set when a canceller claimed a running async task's end but left the
@@ -62,8 +65,10 @@ pub(crate) struct TaskCell {
     token: OnceLock<CancellationToken>,
     /// Set once, by whoever moves the state to `FINISHING`.
     outcome: OnceLock<Result<(), TaskError>>,
-    /// Wakes handle futures on start and on end.
-    pub(crate) notify: Notify,
+    /// Wakes handle futures on start and on end; only rung once one is
+    /// `watched` (most tasks are never awaited).
+    notify: Notify,
+    watched: AtomicBool,
 }
 
 pub(crate) struct NewTask {
@@ -90,7 +95,7 @@ impl TaskCell {
             request: task.request,
             on_error: task.on_error,
             state: AtomicU8::new(QUEUED),
-            started_at: OnceLock::new(),
+            started: AtomicU64::new(0),
             attempts: AtomicU32::new(0),
             cancel_requested: AtomicBool::new(false),
             delegated: AtomicBool::new(false),
@@ -98,6 +103,7 @@ impl TaskCell {
             token: OnceLock::new(),
             outcome: OnceLock::new(),
             notify: Notify::new(),
+            watched: AtomicBool::new(false),
         }
     }
 
@@ -115,7 +121,7 @@ impl TaskCell {
             mode: self.mode,
             shielded: self.shielded,
             scheduled_at: self.scheduled_at,
-            started_at: self.started_at.get().copied(),
+            started_at: self.started_at(),
             method: self.request.as_ref().map(|r| r.method.clone()),
             path: self.request.as_ref().map(|r| r.path.clone()),
             attempts: self.attempts.load(Ordering::Relaxed),
@@ -128,13 +134,15 @@ impl TaskCell {
         // AcqRel: pairs with the CAS in `try_finish`, so that exactly one wins.
         let won = self
             .state
-            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(QUEUED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         if won {
             counters.started();
-            let _ = self.started_at.set(Instant::now());
+            let nanos =
+                u64::try_from(self.scheduled_at.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            self.started.store(nanos + 1, Ordering::SeqCst);
             self.attempts.fetch_add(1, Ordering::Relaxed);
-            self.notify.notify_waiters();
+            self.wake_watchers();
         }
         won
     }
@@ -181,8 +189,33 @@ impl TaskCell {
     /// every handle future.
     pub(crate) fn publish(&self) {
         // Release: a reader that sees ENDED sees everything the report did.
-        self.state.store(ENDED, Ordering::Release);
-        self.notify.notify_waiters();
+        self.state.store(ENDED, Ordering::SeqCst);
+        self.wake_watchers();
+    }
+
+    /// When the task started, if it has.
+    pub(crate) fn started_at(&self) -> Option<Instant> {
+        match self.started.load(Ordering::SeqCst) {
+            0 => None,
+            nanos => Some(self.scheduled_at + Duration::from_nanos(nanos - 1)),
+        }
+    }
+
+    /// A future woken at the task's next start or end. Create it, then check
+    /// the state, then await it: a change after the check is never missed.
+    pub(crate) fn notified(&self) -> Notified<'_> {
+        // SeqCst, paired with `wake_watchers`: either the waker sees this flag,
+        // or the caller's check after it sees the change.
+        self.watched.store(true, Ordering::SeqCst);
+        self.notify.notified()
+    }
+
+    /// Wakes the futures from `notified`, if there are any. Called after a
+    /// SeqCst write of what they check.
+    fn wake_watchers(&self) {
+        if self.watched.load(Ordering::SeqCst) {
+            self.notify.notify_waiters();
+        }
     }
 
     /// Counts one more run of a retried task.
@@ -191,11 +224,11 @@ impl TaskCell {
     }
 
     pub(crate) fn is_started(&self) -> bool {
-        self.started_at.get().is_some()
+        self.started.load(Ordering::SeqCst) != 0
     }
 
     pub(crate) fn is_ended(&self) -> bool {
-        self.state.load(Ordering::Acquire) == ENDED
+        self.state.load(Ordering::SeqCst) == ENDED
     }
 
     /// The outcome, once the task has ended (its handler has returned).

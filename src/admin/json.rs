@@ -1,0 +1,150 @@
+//! The admin router's JSON: what each endpoint returns, and how it is written.
+
+use std::io;
+use std::time::Instant;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::{Stats, TaskInfo};
+
+/// `GET /tasks`.
+#[derive(Serialize)]
+pub(super) struct TaskList<'a> {
+    tasks: Vec<TaskEntry<'a>>,
+}
+
+impl<'a> TaskList<'a> {
+    pub(super) fn new(infos: &'a [TaskInfo], now: Instant) -> Self {
+        TaskList {
+            tasks: infos.iter().map(|info| TaskEntry::new(info, now)).collect(),
+        }
+    }
+}
+
+/// One task of `GET /tasks`.
+#[derive(Serialize)]
+struct TaskEntry<'a> {
+    id: u64,
+    name: &'a str,
+    phase: &'static str,
+    mode: &'static str,
+    shielded: bool,
+    /// `"queued"` until it starts, then `"running"`.
+    state: &'static str,
+    /// Milliseconds since `schedule`.
+    age_ms: u64,
+    attempts: u32,
+    /// `None` (`null`) outside a request, as `path`.
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+}
+
+impl<'a> TaskEntry<'a> {
+    fn new(info: &'a TaskInfo, now: Instant) -> Self {
+        let age = now.saturating_duration_since(info.scheduled_at);
+        TaskEntry {
+            id: info.id.as_u64(),
+            name: info.name(),
+            phase: info.phase.as_str(),
+            mode: info.mode.as_str(),
+            shielded: info.shielded,
+            state: if info.started_at.is_some() {
+                "running"
+            } else {
+                "queued"
+            },
+            age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            attempts: info.attempts,
+            method: info.method().map(http::Method::as_str),
+            path: info.path(),
+        }
+    }
+}
+
+/// `GET /stats`: every counter of [`Stats`], and `in_flight`.
+#[derive(Serialize)]
+pub(super) struct StatsBody {
+    scheduled: u64,
+    queued: u64,
+    running: u64,
+    completed: u64,
+    failed: u64,
+    panicked: u64,
+    timed_out: u64,
+    cancelled: u64,
+    rejected: u64,
+    in_flight: u64,
+}
+
+impl From<Stats> for StatsBody {
+    fn from(stats: Stats) -> Self {
+        StatsBody {
+            scheduled: stats.scheduled,
+            queued: stats.queued,
+            running: stats.running,
+            completed: stats.completed,
+            failed: stats.failed,
+            panicked: stats.panicked,
+            timed_out: stats.timed_out,
+            cancelled: stats.cancelled,
+            rejected: stats.rejected,
+            in_flight: stats.in_flight(),
+        }
+    }
+}
+
+/// `POST /tasks/{id}/cancel` when it cancelled.
+#[derive(Serialize)]
+pub(super) struct Cancelled {
+    pub(super) id: u64,
+    pub(super) outcome: &'static str,
+}
+
+/// Any refusal: `{"error": "..."}`.
+#[derive(Serialize)]
+pub(super) struct ErrorBody {
+    pub(super) error: String,
+}
+
+/// `value` as an `application/json` response with `status`.
+pub(super) fn response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut body = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut body, HtmlSafe);
+    if let Err(error) = value.serialize(&mut serializer) {
+        // Only a `Serialize` impl can fail here, and these are all derived.
+        tracing::error!(%error, "admin router: could not write JSON");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// serde_json's compact output, with `<`, `>` and `&` in strings written as
+/// `\u003c`, `\u003e` and `\u0026` (as Go's `encoding/json` does): the
+/// same JSON to a parser, and no markup to anything that reads it as HTML.
+struct HtmlSafe;
+
+impl serde_json::ser::Formatter for HtmlSafe {
+    fn write_string_fragment<W>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()>
+    where
+        W: ?Sized + io::Write,
+    {
+        let mut rest = fragment;
+        while let Some(at) = rest.find(['<', '>', '&']) {
+            writer.write_all(&rest.as_bytes()[..at])?;
+            writer.write_all(match rest.as_bytes()[at] {
+                b'<' => b"\\u003c",
+                b'>' => b"\\u003e",
+                _ => b"\\u0026",
+            })?;
+            rest = &rest[at + 1..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
+}
