@@ -55,18 +55,31 @@ impl<H: ErrorHandler> DynErrorHandler for H {
 
 type SyncFn = dyn Fn(&TaskInfo, &TaskError) + Send + Sync + 'static;
 
-#[derive(Clone)]
 enum Kind {
     /// Sync handlers are called in place: no future, no allocation.
-    Sync(Arc<SyncFn>),
-    Async(Arc<dyn DynErrorHandler>),
+    Sync(Box<SyncFn>),
+    Async(Box<dyn DynErrorHandler>),
+}
+
+struct Inner {
+    kind: Kind,
+    type_name: &'static str,
 }
 
 /// A type-erased, cheaply cloned error handler: what `on_error` stores.
+///
+/// One pointer wide: every task with a handler carries one.
 #[derive(Clone)]
 pub struct SharedErrorHandler {
-    kind: Kind,
-    type_name: &'static str,
+    inner: Arc<Inner>,
+}
+
+impl SharedErrorHandler {
+    fn from_kind(kind: Kind, type_name: &'static str) -> Self {
+        SharedErrorHandler {
+            inner: Arc::new(Inner { kind, type_name }),
+        }
+    }
 }
 
 impl SharedErrorHandler {
@@ -80,7 +93,7 @@ impl SharedErrorHandler {
 
     /// Calls the handler and waits for it.
     pub(crate) async fn call(&self, info: &TaskInfo, error: &TaskError) {
-        match &self.kind {
+        match &self.inner.kind {
             Kind::Sync(f) => f(info, error),
             Kind::Async(h) => h.handle_boxed(info, error).await,
         }
@@ -88,18 +101,18 @@ impl SharedErrorHandler {
 
     /// Whether the handler runs to completion without a runtime.
     pub(crate) fn is_sync(&self) -> bool {
-        matches!(self.kind, Kind::Sync(_))
+        matches!(self.inner.kind, Kind::Sync(_))
     }
 }
 
 impl fmt::Debug for SharedErrorHandler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
+        let kind = match self.inner.kind {
             Kind::Sync(_) => "sync",
             Kind::Async(_) => "async",
         };
         f.debug_struct("SharedErrorHandler")
-            .field("handler", &self.type_name)
+            .field("handler", &self.inner.type_name)
             .field("kind", &kind)
             .finish()
     }
@@ -144,10 +157,7 @@ pub enum AsyncFnHandler {}
 
 impl<H: ErrorHandler> IntoErrorHandler<PluginHandler> for H {
     fn into_shared(self) -> SharedErrorHandler {
-        SharedErrorHandler {
-            kind: Kind::Async(Arc::new(self)),
-            type_name: std::any::type_name::<H>(),
-        }
+        SharedErrorHandler::from_kind(Kind::Async(Box::new(self)), std::any::type_name::<H>())
     }
 }
 
@@ -156,10 +166,7 @@ where
     F: Fn(&TaskInfo, &TaskError) + Send + Sync + 'static,
 {
     fn into_shared(self) -> SharedErrorHandler {
-        SharedErrorHandler {
-            kind: Kind::Sync(Arc::new(self)),
-            type_name: std::any::type_name::<F>(),
-        }
+        SharedErrorHandler::from_kind(Kind::Sync(Box::new(self)), std::any::type_name::<F>())
     }
 }
 
@@ -182,9 +189,9 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     fn into_shared(self) -> SharedErrorHandler {
-        SharedErrorHandler {
-            kind: Kind::Async(Arc::new(AsyncFn(self))),
-            type_name: std::any::type_name::<F>(),
-        }
+        SharedErrorHandler::from_kind(
+            Kind::Async(Box::new(AsyncFn(self))),
+            std::any::type_name::<F>(),
+        )
     }
 }
