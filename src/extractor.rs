@@ -42,10 +42,33 @@ use crate::task::{IntoBackgroundTask, Rerunnable};
 /// starts what it schedules at once.
 #[derive(Clone)]
 pub struct Tasks {
-    shared: Arc<Shared>,
-    /// `Some` for a request's scheduler, `None` for [`Background::tasks`](crate::Background::tasks).
-    scope: Option<Arc<RequestScope>>,
+    target: Target,
     phase: Phase,
+}
+
+/// Where a `Tasks` schedules: one reference, cloned with every `Tasks`.
+#[derive(Clone)]
+enum Target {
+    /// A request's scheduler (the scope holds its `Background`).
+    Request(Arc<RequestScope>),
+    /// [`Background::tasks`](crate::Background::tasks): no request.
+    Detached(Arc<Shared>),
+}
+
+impl Tasks {
+    fn shared(&self) -> &Arc<Shared> {
+        match &self.target {
+            Target::Request(scope) => &scope.shared,
+            Target::Detached(shared) => shared,
+        }
+    }
+
+    fn scope(&self) -> Option<&Arc<RequestScope>> {
+        match &self.target {
+            Target::Request(scope) => Some(scope),
+            Target::Detached(_) => None,
+        }
+    }
 }
 
 /// The request extension the layer inserts and the extractor reads.
@@ -55,8 +78,7 @@ pub(crate) struct RequestTasks(pub(crate) Arc<RequestScope>);
 impl Tasks {
     pub(crate) fn detached(shared: Arc<Shared>) -> Self {
         Tasks {
-            shared,
-            scope: None,
+            target: Target::Detached(shared),
             phase: Phase::Immediate,
         }
     }
@@ -78,8 +100,7 @@ impl Tasks {
     where
         T: IntoBackgroundTask<M>,
     {
-        self.shared
-            .schedule(task, self.scope.as_ref(), self.phase, None)
+        self.shared().schedule(task, self.scope(), self.phase, None)
     }
 
     /// The same scheduler, for tasks that start when the handler has produced
@@ -129,7 +150,7 @@ impl fmt::Debug for Tasks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tasks")
             .field("phase", &self.phase)
-            .field("request", &self.scope)
+            .field("request", &self.scope())
             .finish()
     }
 }
@@ -145,8 +166,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Tasks {
             .ok_or(MissingBackgroundLayer { _priv: () })?;
         scope.meta(parts);
         Ok(Tasks {
-            shared: Arc::clone(&scope.shared),
-            scope: Some(scope),
+            target: Target::Request(scope),
             phase: Phase::Immediate,
         })
     }
@@ -276,12 +296,9 @@ impl ConfiguredTasks<OneRun> {
         T: IntoBackgroundTask<M>,
     {
         let tasks = &self.tasks;
-        tasks.shared.schedule(
-            task,
-            tasks.scope.as_ref(),
-            tasks.phase,
-            Some(self.config.clone()),
-        )
+        tasks
+            .shared()
+            .schedule(task, tasks.scope(), tasks.phase, Some(self.config.clone()))
     }
 }
 
@@ -305,12 +322,9 @@ impl ConfiguredTasks<Retrying> {
         T: Rerunnable<M>,
     {
         let tasks = &self.tasks;
-        tasks.shared.schedule_rerunnable(
-            task,
-            tasks.scope.as_ref(),
-            tasks.phase,
-            self.config.clone(),
-        )
+        tasks
+            .shared()
+            .schedule_rerunnable(task, tasks.scope(), tasks.phase, self.config.clone())
     }
 }
 
