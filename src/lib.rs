@@ -82,12 +82,36 @@
 //!
 #![doc = include_str!("docs/guide.md")]
 //!
+//! # Metrics
+//!
+//! With the `metrics` feature, tasks are measured through the
+//! [`metrics`](https://docs.rs/metrics) facade; install any recorder (the
+//! `metrics` example uses `metrics-exporter-prometheus`) to export them:
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `background_tasks_scheduled_total` | counter | `name`, `phase` |
+//! | `background_tasks_ended_total` | counter | `name`, `phase`, `outcome` |
+//! | `background_tasks_in_flight` | gauge | |
+//! | `background_tasks_queued` | gauge | |
+//! | `background_task_queue_wait_seconds` | histogram | `name`, `phase` |
+//! | `background_task_run_seconds` | histogram | `name`, `phase`, `outcome` |
+//!
+//! `outcome` is `completed`, `failed`, `panicked`, `timed_out`, `cancelled` or
+//! `rejected`. Task names become label values: keep them few (name tasks by
+//! kind, not by user or id).
+//!
 //! # Feature flags
 //!
 //! | Name | Description | Default? |
 //! |---|---|---|
-//! | (none yet) | | |
+//! | `metrics` | task counters, gauges and histograms through the `metrics` facade (see [Metrics](#metrics)) | no |
+//! | `admin` | `Background::admin_router()` and the `admin` module: JSON endpoints and a live HTML page of the tasks in flight and the counters, with a cancel button per task | no |
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod background;
 mod config;
 mod context;
@@ -98,6 +122,7 @@ mod handler;
 mod info;
 pub mod layer;
 mod limits;
+mod metrics;
 pub mod mode;
 mod phase;
 mod registry;

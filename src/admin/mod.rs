@@ -3,14 +3,14 @@
 //!
 //! [`Background::admin_router`](crate::Background::admin_router) returns an
 //! axum [`Router`](axum::Router) to mount where the application chooses,
-//! usually with [`Router::nest`](axum::Router::nest):
+//! usually with [`Router::nest_service`](axum::Router::nest_service):
 //!
 //! | route | answers |
 //! |---|---|
 //! | `GET /` | the page: counters, a chart of completions and failures per second over the last minute, the tasks in flight grouped by phase and mode, a cancel button per task; it refreshes itself every second |
 //! | `GET /tasks` | `{"tasks": [..]}`: a snapshot of the tasks in flight, by id |
 //! | `GET /stats` | the [`Stats`](crate::Stats) counters, and `in_flight` |
-//! | `POST /tasks/{id}/cancel` | [`Background::cancel`](crate::Background::cancel): `200` cancelled, `404` unknown id, `409` already ended, `400` malformed id |
+//! | `POST /tasks/{id}/cancel` | [`Background::cancel`](crate::Background::cancel): `200` cancelled, `404` unknown id, `409` already ended, `400` malformed id, `403` sent by a browser from another site (see Security) |
 //!
 //! # Security
 //!
@@ -33,9 +33,11 @@
 //!
 //! # Mounting
 //!
-//! The page uses relative URLs, so the router works under any prefix.
-//! Nested at `/admin`, both `/admin` and `/admin/` reach the page (the first
-//! redirects to the second).
+//! The page's URLs are relative to its own path, so the router works under
+//! any prefix. Mount it with [`Router::nest_service`](axum::Router::nest_service):
+//! then both `/admin` and `/admin/` reach the page. ([`Router::nest`](axum::Router::nest)
+//! works too, but in axum 0.8 it routes the nested root at `/admin` only, and
+//! `/admin/` is a 404: tokio-rs/axum#2659.)
 //!
 //! ```
 //! use axum::{
@@ -61,7 +63,7 @@
 //! let background = Background::new();
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     .nest(
+//!     .nest_service(
 //!         "/admin",
 //!         background
 //!             .admin_router()

@@ -142,6 +142,7 @@ impl TaskCell {
                 u64::try_from(self.scheduled_at.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
             self.started.store(nanos + 1, Ordering::SeqCst);
             self.attempts.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::started(self);
             self.wake_watchers();
         }
         won

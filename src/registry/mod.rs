@@ -60,6 +60,7 @@ impl Registry {
         // Relaxed: the count is only read as "zero or not" after a Release decrement.
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.tasks.insert(cell.id, Arc::clone(cell));
+        crate::metrics::scheduled(cell);
     }
 
     /// Ends a task whose outcome has been reported: counts it, publishes the
@@ -68,6 +69,7 @@ impl Registry {
         if let Some(outcome) = cell.decided_outcome() {
             self.counters.ended(was_started, outcome);
         }
+        crate::metrics::ended(cell, was_started, cell.decided_outcome());
         cell.publish();
         self.tasks.remove(&cell.id);
         // Release: publishes the counters and the removal to `wait_idle`.

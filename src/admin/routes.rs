@@ -1,0 +1,213 @@
+//! The admin router: its routes and the handlers behind the JSON ones.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::middleware::map_response;
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+
+use super::json::{self, Cancelled, ErrorBody, StatsBody, TaskList};
+use super::page;
+use crate::{Background, CancelOutcome, TaskId};
+
+impl Background {
+    /// An axum [`Router`] with the admin endpoints and page of this
+    /// `Background`: see the [`admin`](crate::admin) module for the routes,
+    /// the JSON and how to mount it.
+    ///
+    /// **Mount it behind the application's own authentication:** it shows
+    /// task names, request paths and counters, and it can cancel tasks. It
+    /// has no authentication of its own.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use axum::Router;
+    /// use axum_background::Background;
+    ///
+    /// let background = Background::new();
+    /// let app: Router = Router::new()
+    ///     // .nest_service("/admin", background.admin_router().layer(your_auth_layer))
+    ///     .nest_service("/admin", background.admin_router())
+    ///     .layer(background.layer());
+    /// # drop(app);
+    /// # }
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+    pub fn admin_router(&self) -> Router {
+        Router::new()
+            .route("/", get(page::index))
+            .route("/tasks", get(tasks))
+            .route("/stats", get(stats))
+            .route("/tasks/{id}/cancel", post(cancel))
+            .layer(map_response(admin_headers))
+            .with_state(self.clone())
+    }
+}
+
+/// `GET /tasks`: the tasks in flight, by id.
+async fn tasks(State(background): State<Background>) -> Response {
+    let infos = background.in_flight();
+    json::response(StatusCode::OK, &TaskList::new(&infos, Instant::now()))
+}
+
+/// `GET /stats`: the counters.
+async fn stats(State(background): State<Background>) -> Response {
+    json::response(StatusCode::OK, &StatsBody::from(background.stats()))
+}
+
+/// `POST /tasks/{id}/cancel`.
+async fn cancel(
+    State(background): State<Background>,
+    raw: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if is_cross_site(&headers, &uri) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: cancel from the admin page's own origin".into(),
+        );
+    }
+    // A segment that is not UTF-8 once percent-decoded is as malformed as "abc".
+    let Some(id) = raw.as_ref().ok().and_then(|Path(raw)| parse_id(raw)) else {
+        let shown = match &raw {
+            Ok(Path(raw)) => format!("{raw:?}"),
+            Err(_) => "(not UTF-8)".into(),
+        };
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid task id {shown}: task ids are positive integers, as in tasks/42/cancel"
+            ),
+        );
+    };
+    match background.cancel(id) {
+        CancelOutcome::Cancelled => json::response(
+            StatusCode::OK,
+            &Cancelled {
+                id: id.as_u64(),
+                outcome: "cancelled",
+            },
+        ),
+        CancelOutcome::AlreadyEnded => {
+            error(StatusCode::CONFLICT, format!("task {id} has already ended"))
+        }
+        CancelOutcome::Unknown => error(StatusCode::NOT_FOUND, format!("no task with id {id}")),
+    }
+}
+
+/// A task id as the URL gives it: decimal digits only, at least 1.
+fn parse_id(raw: &str) -> Option<TaskId> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match raw.parse::<u64>() {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(TaskId::from_u64(n)),
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    json::response(status, &ErrorBody { error: message })
+}
+
+/// Whether a browser says this request comes from another site.
+///
+/// Browsers send `Sec-Fetch-Site` (and older ones at least `Origin` on a
+/// cross-origin `POST`); other clients send neither, and pass.
+fn is_cross_site(headers: &HeaderMap, uri: &Uri) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| uri.authority().map(|authority| authority.as_str()));
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, host)| host);
+    match (origin_host, host) {
+        (Some(origin_host), Some(host)) => !origin_host.eq_ignore_ascii_case(host),
+        // `Origin: null` (a sandboxed or opaque origin), or nothing to compare.
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
+/// Headers every admin response carries: nothing is cached, nothing is
+/// sniffed, the page is not framed and loads nothing from elsewhere.
+async fn admin_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(page::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_positive_decimal_integers() {
+        assert_eq!(parse_id("42"), Some(TaskId::from_u64(42)));
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "1.5",
+            "abc",
+            " 1",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cross_site_requests_are_recognised() {
+        let check = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            is_cross_site(&headers, &Uri::from_static("/tasks/1/cancel"))
+        };
+        assert!(!check(&[]), "curl and scripts send neither header");
+        assert!(!check(&[("sec-fetch-site", "same-origin")]));
+        assert!(!check(&[("sec-fetch-site", "none")]));
+        assert!(check(&[("sec-fetch-site", "cross-site")]));
+        assert!(check(&[("sec-fetch-site", "same-site")]));
+        assert!(!check(&[
+            ("origin", "http://localhost:3000"),
+            ("host", "localhost:3000")
+        ]));
+        assert!(check(&[
+            ("origin", "https://evil.example"),
+            ("host", "localhost:3000")
+        ]));
+        assert!(check(&[("origin", "null"), ("host", "localhost:3000")]));
+    }
+}

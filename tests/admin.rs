@@ -1,0 +1,500 @@
+//! The admin router over HTTP (`tower::ServiceExt::oneshot`): the JSON of
+//! each endpoint, cancel's answers, escaping, and the page under a prefix.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::routing::post;
+use axum_background::{Background, Phase, TaskError, TaskHandle, Tasks};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use util::within;
+
+/// An answer: status, headers, and the body as text.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Answer {
+    let response = within("the response", app.clone().oneshot(request))
+        .await
+        .expect("infallible");
+    let (parts, body) = response.into_parts();
+    let body = within("the body", to_bytes(body, 1 << 20))
+        .await
+        .expect("body");
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
+    }
+}
+
+async fn get(app: &Router, uri: &str) -> Answer {
+    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+async fn post_to(app: &Router, uri: &str) -> Answer {
+    send(app, Request::post(uri).body(Body::empty()).unwrap()).await
+}
+
+/// The app of these tests: the admin router at `/admin`, the background layer.
+fn app(background: &Background, routes: Router) -> Router {
+    routes
+        .nest_service("/admin", background.admin_router())
+        .layer(background.layer())
+}
+
+/// A task that waits until `gate` is cancelled (by the test, at its end).
+fn held(gate: &CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+    let gate = gate.clone();
+    async move { gate.cancelled().await }
+}
+
+fn keys(value: &Value) -> BTreeSet<&str> {
+    value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+fn task_with_id(tasks: &Value, handle: &TaskHandle) -> Value {
+    let id = handle.id().as_u64();
+    tasks["tasks"]
+        .as_array()
+        .expect("tasks is an array")
+        .iter()
+        .find(|task| task["id"] == id)
+        .unwrap_or_else(|| panic!("task {id} not in {tasks}"))
+        .clone()
+}
+
+#[tokio::test]
+async fn tasks_lists_each_task_in_flight_with_its_state_and_request() {
+    let test_started = Instant::now();
+    let background = Background::builder().max_blocking(1).build();
+    let gate = CancellationToken::new();
+    let (release_sync, sync_waits) = std::sync::mpsc::channel::<()>();
+    let sync_waits = std::sync::Arc::new(std::sync::Mutex::new(Some(sync_waits)));
+    let (handles_tx, mut handles) = mpsc::unbounded_channel::<TaskHandle>();
+
+    let handler_gate = gate.clone();
+    let routes = Router::new().route(
+        "/signup",
+        post(move |tasks: Tasks| {
+            let sync_waits = sync_waits.lock().unwrap().take().expect("called once");
+            let scheduled = [
+                tasks
+                    .task()
+                    .name("welcome")
+                    .shield(true)
+                    .build()
+                    .schedule(held(&handler_gate)),
+                tasks.task().name("thumbnail").build().schedule(move || {
+                    let _ = sync_waits.recv();
+                }),
+                tasks
+                    .task()
+                    .name("second thumbnail")
+                    .build()
+                    .schedule(|| ()),
+                tasks
+                    .task()
+                    .name("audit")
+                    .phase(Phase::AfterResponse)
+                    .build()
+                    .schedule(held(&handler_gate)),
+            ];
+            for handle in scheduled {
+                handles_tx.send(handle).unwrap();
+            }
+            async { StatusCode::CREATED }
+        }),
+    );
+    let app = app(&background, routes);
+    let nightly = background
+        .task()
+        .name("nightly")
+        .build()
+        .schedule(held(&gate));
+
+    assert_eq!(post_to(&app, "/signup").await.status, StatusCode::CREATED);
+    let mut next = async || within("a handle", handles.recv()).await.unwrap();
+    let (welcome, thumbnail, second, audit) =
+        (next().await, next().await, next().await, next().await);
+    for handle in [&nightly, &welcome, &thumbnail, &audit] {
+        within("the task to start", handle.started()).await;
+    }
+
+    let answer = get(&app, "/admin/tasks").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers[header::CONTENT_TYPE], "application/json");
+    let tasks = answer.json();
+    assert_eq!(keys(&tasks), BTreeSet::from(["tasks"]));
+    let ids: Vec<u64> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| task["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5, "{tasks}");
+    assert!(ids.is_sorted(), "by id: {ids:?}");
+
+    let welcome_json = task_with_id(&tasks, &welcome);
+    assert_eq!(
+        keys(&welcome_json),
+        BTreeSet::from([
+            "id", "name", "phase", "mode", "shielded", "state", "age_ms", "attempts", "method",
+            "path"
+        ])
+    );
+    let expect = |handle: &TaskHandle, fields: Value| {
+        let task = task_with_id(&tasks, handle);
+        for (key, value) in fields.as_object().unwrap() {
+            assert_eq!(&task[key], value, "{key} of {task}");
+        }
+        let age = task["age_ms"].as_u64().expect("age_ms is a number");
+        assert!(age as u128 <= test_started.elapsed().as_millis(), "{task}");
+    };
+    let from_signup = |fields: Value| {
+        let mut fields = fields;
+        fields["method"] = "POST".into();
+        fields["path"] = "/signup".into();
+        fields
+    };
+    expect(
+        &welcome,
+        from_signup(serde_json::json!({
+            "name": "welcome", "phase": "immediate", "mode": "async", "shielded": true,
+            "state": "running", "attempts": 1,
+        })),
+    );
+    expect(
+        &thumbnail,
+        from_signup(serde_json::json!({
+            "name": "thumbnail", "phase": "immediate", "mode": "sync", "shielded": false,
+            "state": "running",
+        })),
+    );
+    expect(
+        &second,
+        from_signup(serde_json::json!({
+            "name": "second thumbnail", "mode": "sync", "state": "queued", "attempts": 0,
+        })),
+    );
+    expect(
+        &audit,
+        from_signup(serde_json::json!({
+            "name": "audit", "phase": "after_response", "state": "running",
+        })),
+    );
+    expect(
+        &nightly,
+        serde_json::json!({
+            "name": "nightly", "state": "running", "method": null, "path": null,
+        }),
+    );
+
+    gate.cancel();
+    release_sync.send(()).unwrap();
+    within("idle", background.wait_idle()).await;
+    let answer = get(&app, "/admin/tasks").await;
+    assert_eq!(answer.json(), serde_json::json!({ "tasks": [] }));
+}
+
+#[tokio::test]
+async fn stats_reports_every_counter_and_in_flight() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    background.schedule(async {});
+    background.schedule(|| ());
+    background.schedule(async { Err::<(), _>("boom") });
+    let gate = CancellationToken::new();
+    let held_task = background.schedule(held(&gate));
+    within("the task to start", held_task.started()).await;
+
+    let stats = get(&app, "/admin/stats").await;
+    assert_eq!(stats.status, StatusCode::OK);
+    assert_eq!(stats.headers[header::CONTENT_TYPE], "application/json");
+    let stats = stats.json();
+    assert_eq!(
+        keys(&stats),
+        BTreeSet::from([
+            "scheduled",
+            "queued",
+            "running",
+            "completed",
+            "failed",
+            "panicked",
+            "timed_out",
+            "cancelled",
+            "rejected",
+            "in_flight"
+        ])
+    );
+    assert_eq!(stats["scheduled"], 4);
+    assert_eq!(
+        stats["in_flight"],
+        stats["queued"].as_u64().unwrap() + stats["running"].as_u64().unwrap()
+    );
+
+    gate.cancel();
+    within("idle", background.wait_idle()).await;
+    let stats = get(&app, "/admin/stats").await.json();
+    let expected = background.stats();
+    assert_eq!(
+        stats,
+        serde_json::json!({
+            "scheduled": expected.scheduled, "queued": 0, "running": 0,
+            "completed": expected.completed, "failed": expected.failed,
+            "panicked": expected.panicked, "timed_out": expected.timed_out,
+            "cancelled": expected.cancelled, "rejected": expected.rejected, "in_flight": 0,
+        })
+    );
+    assert_eq!((expected.completed, expected.failed), (3, 1));
+}
+
+#[tokio::test]
+async fn cancel_answers_200_and_the_task_ends_cancelled_then_409() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    let handle = background.schedule(std::future::pending::<()>());
+    within("the task to start", handle.started()).await;
+    let id = handle.id();
+
+    let answer = post_to(&app, &format!("/admin/tasks/{id}/cancel")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({ "id": id.as_u64(), "outcome": "cancelled" })
+    );
+    assert!(matches!(
+        within("the outcome", handle.outcome()).await,
+        Err(TaskError::Cancelled)
+    ));
+
+    let again = post_to(&app, &format!("/admin/tasks/{id}/cancel")).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(
+        again.json(),
+        serde_json::json!({ "error": format!("task {id} has already ended") })
+    );
+    within("idle", background.wait_idle()).await;
+    assert_eq!(background.stats().cancelled, 1);
+}
+
+#[tokio::test]
+async fn cancel_of_an_unknown_id_is_404() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    let answer = post_to(&app, "/admin/tasks/4242/cancel").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({ "error": "no task with id 4242" })
+    );
+}
+
+#[tokio::test]
+async fn cancel_of_a_malformed_id_is_400_saying_ids_are_positive_integers() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    let handle = background.schedule(std::future::pending::<()>());
+    for bad in [
+        "abc",
+        "0",
+        "-1",
+        "%2B1",
+        "1.5",
+        "99999999999999999999999",
+        "%FF",
+    ] {
+        let answer = post_to(&app, &format!("/admin/tasks/{bad}/cancel")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            answer.body
+        );
+        let error = answer.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.contains("task ids are positive integers"),
+            "{bad}: {error}"
+        );
+    }
+    assert!(!handle.is_finished(), "nothing was cancelled");
+    assert!(handle.cancel().is_cancelled());
+}
+
+#[tokio::test]
+async fn cross_site_cancel_from_a_browser_is_403_and_cancels_nothing() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    let handle = background.schedule(std::future::pending::<()>());
+    let uri = format!("/admin/tasks/{}/cancel", handle.id());
+
+    let forged = |name: &'static str, value: &'static str| {
+        Request::post(&uri)
+            .header(header::HOST, "admin.example")
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "https://elsewhere.example"),
+    ] {
+        let answer = send(&app, forged(name, value)).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{name}: {value}");
+        assert!(
+            answer.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("cross-site")
+        );
+    }
+    assert!(!handle.is_finished());
+
+    let same_origin = send(&app, forged("sec-fetch-site", "same-origin")).await;
+    assert_eq!(same_origin.status, StatusCode::OK);
+    assert!(handle.is_finished());
+}
+
+#[tokio::test]
+async fn names_and_paths_are_escaped_in_the_json() {
+    const NAME: &str = "<script>alert(1)</script> \"quoted\" \\ & 'single'\n";
+    let background = Background::new();
+    let gate = CancellationToken::new();
+    let (handles_tx, mut handles) = mpsc::unbounded_channel::<TaskHandle>();
+    let handler_gate = gate.clone();
+    let routes = Router::new().route(
+        "/search/{*rest}",
+        post(move |tasks: Tasks| {
+            let handle = tasks
+                .task()
+                .name(NAME)
+                .build()
+                .schedule(held(&handler_gate));
+            handles_tx.send(handle).unwrap();
+            async {}
+        }),
+    );
+    let app = app(&background, routes);
+    let path = "/search/a&b='c'/%3Cscript%3E";
+    assert_eq!(post_to(&app, path).await.status, StatusCode::OK);
+    let handle = within("the handle", handles.recv()).await.unwrap();
+
+    let answer = get(&app, "/admin/tasks").await;
+    for raw in ['<', '>', '&'] {
+        assert!(
+            !answer.body.contains(raw),
+            "{raw:?} is escaped: {}",
+            answer.body
+        );
+    }
+    assert!(
+        answer
+            .body
+            .contains(r"\u003cscript\u003ealert(1)\u003c/script\u003e")
+    );
+    let task = task_with_id(&answer.json(), &handle);
+    assert_eq!(task["name"], NAME, "the same string to a JSON parser");
+    assert_eq!(task["path"], path);
+
+    gate.cancel();
+    within("idle", background.wait_idle()).await;
+}
+
+#[tokio::test]
+async fn the_page_is_served_at_admin_and_admin_slash() {
+    let background = Background::new();
+    let nested_service = app(&background, Router::new());
+    for uri in ["/admin", "/admin/"] {
+        let page = get(&nested_service, uri).await;
+        assert_eq!(page.status, StatusCode::OK, "{uri}");
+        assert_eq!(
+            page.headers[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert!(page.body.contains("<title>Background tasks</title>"));
+    }
+    for uri in ["/admin/tasks", "/admin/stats"] {
+        assert_eq!(
+            get(&nested_service, uri).await.status,
+            StatusCode::OK,
+            "{uri}"
+        );
+    }
+
+    // `Router::nest` in axum 0.8 routes the nested root at `/admin` only.
+    let nested = Router::new().nest("/admin", background.admin_router());
+    assert_eq!(get(&nested, "/admin").await.status, StatusCode::OK);
+    assert_eq!(get(&nested, "/admin/tasks").await.status, StatusCode::OK);
+
+    let at_root = background.admin_router();
+    assert_eq!(get(&at_root, "/").await.status, StatusCode::OK);
+    assert_eq!(get(&at_root, "/stats").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_page_is_self_contained_and_uses_relative_urls() {
+    let background = Background::new();
+    let page = get(&background.admin_router(), "/").await;
+    // The SVG namespace is a name, not something fetched.
+    let body = page.body.replace("\"http://www.w3.org/2000/svg\"", "SVG");
+    for external in ["http://", "https://", "src=", "href=", "@import", "url("] {
+        assert!(!body.contains(external), "the page has {external:?}");
+    }
+    assert_eq!(body.matches("<script").count(), 1, "one inline script");
+    for absolute in ["\"/tasks", "\"/stats", "'/tasks", "'/stats", "`/tasks"] {
+        assert!(!body.contains(absolute), "an absolute URL: {absolute}");
+    }
+    assert!(!body.contains("innerHTML"), "data goes in as text");
+}
+
+#[tokio::test]
+async fn every_response_is_uncached_and_the_page_cannot_be_framed() {
+    let background = Background::new();
+    let app = background.admin_router();
+    for answer in [
+        get(&app, "/").await,
+        get(&app, "/tasks").await,
+        get(&app, "/stats").await,
+        post_to(&app, "/tasks/7/cancel").await,
+    ] {
+        let headers = &answer.headers;
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+        assert!(policy.starts_with("default-src 'none'"), "{policy}");
+    }
+    let wrong_method = send(
+        &app,
+        Request::builder()
+            .method(Method::GET)
+            .uri("/tasks/7/cancel")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+}
