@@ -64,6 +64,9 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     pub(crate) hooks: ShutdownHooks,
     pub(crate) limits: Limits,
+    /// Metric handles by task name and phase.
+    #[cfg(feature = "metrics")]
+    pub(crate) instruments: crate::metrics::Instruments,
 }
 
 /// Builds a [`Background`]; from [`Background::builder`].
@@ -158,6 +161,8 @@ impl BackgroundBuilder {
                     }),
                     overflow: self.overflow,
                 },
+                #[cfg(feature = "metrics")]
+                instruments: crate::metrics::Instruments::default(),
             }),
         }
     }

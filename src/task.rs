@@ -386,7 +386,7 @@ pub(crate) fn short_type_name(path: &'static str) -> &'static str {
 
 /// A task's name: given (per task, by its type, by the default config), or
 /// derived from its type path when first read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum TaskName {
     Given(Cow<'static, str>),
     Derived(&'static str),

@@ -65,6 +65,9 @@ pub(crate) struct TaskCell {
     token: OnceLock<CancellationToken>,
     /// Set once, by whoever moves the state to `FINISHING`.
     outcome: OnceLock<Result<(), TaskError>>,
+    /// Set once, at registration: the task's metric handles.
+    #[cfg(feature = "metrics")]
+    instruments: OnceLock<Arc<crate::metrics::TaskInstruments>>,
     /// Wakes handle futures on start and on end; only rung once one is
     /// `watched` (most tasks are never awaited).
     notify: Notify,
@@ -102,6 +105,8 @@ impl TaskCell {
             waker: AtomicWaker::new(),
             token: OnceLock::new(),
             outcome: OnceLock::new(),
+            #[cfg(feature = "metrics")]
+            instruments: OnceLock::new(),
             notify: Notify::new(),
             watched: AtomicBool::new(false),
         }
@@ -110,6 +115,13 @@ impl TaskCell {
     /// The task's name (derived from its type when it was given none).
     pub(crate) fn name(&self) -> Cow<'static, str> {
         self.name.get()
+    }
+
+    /// The task's name as given, or as the type path it is derived from
+    /// (a cheap key: nothing parsed).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn name_key(&self) -> &TaskName {
+        &self.name
     }
 
     /// A snapshot for handlers, handles and reports.
@@ -192,6 +204,18 @@ impl TaskCell {
         // Release: a reader that sees ENDED sees everything the report did.
         self.state.store(ENDED, Ordering::SeqCst);
         self.wake_watchers();
+    }
+
+    /// The task's metric handles, once registered.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn instruments(&self) -> Option<&crate::metrics::TaskInstruments> {
+        self.instruments.get().map(|instruments| &**instruments)
+    }
+
+    /// Looks up (or registers) the task's metric handles.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn attach_instruments(&self) {
+        let _ = self.instruments.set(self.shared.instruments.for_task(self));
     }
 
     /// When the task started, if it has.
