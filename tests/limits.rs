@@ -23,8 +23,8 @@ use axum::response::Response;
 use axum::routing::get;
 use axum_background::{
     Background, BackgroundTask, BoxError, OverflowPolicy, RejectReason, RetryPolicy,
-    SharedErrorHandler, Stats, TaskConfig, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo,
-    Tasks, mode,
+    SharedErrorHandler, TaskConfig, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo, Tasks,
+    mode,
 };
 use bytes::Bytes;
 use futures_util::stream;
@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_test::{assert_pending, task};
 use tower::ServiceExt;
 
+use util::assert_settled;
 use util::{Events, within};
 
 // ---------------------------------------------------------------------------
@@ -152,16 +153,6 @@ fn ids(infos: &[TaskInfo]) -> Vec<TaskId> {
 
 fn handle_ids<'a>(handles: impl IntoIterator<Item = &'a TaskHandle>) -> Vec<TaskId> {
     handles.into_iter().map(TaskHandle::id).collect()
-}
-
-/// The invariant that holds whenever nothing is changing.
-fn assert_settled(stats: Stats) {
-    assert_eq!((stats.queued, stats.running), (0, 0), "{stats:?}");
-    assert_eq!(
-        stats.scheduled,
-        stats.in_flight() + stats.ended(),
-        "{stats:?}"
-    );
 }
 
 fn expect_rejected_at_limit(outcome: &Result<(), TaskError>, limit: usize) {

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::routing::{get, post};
 use axum_background::mode::ModeKind;
-use axum_background::{Background, Phase, Stats, TaskError, TaskHandle, TaskInfo, Tasks};
+use axum_background::{Background, Phase, TaskError, TaskHandle, TaskInfo, Tasks};
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -22,6 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::ServiceExt;
 
+use util::assert_settled;
 use util::within;
 
 /// A response body that sends what the test pushes, and ends when the test
@@ -47,24 +48,6 @@ type Handles = Arc<Mutex<Vec<TaskHandle>>>;
 
 fn taken(handles: &Handles) -> Vec<TaskHandle> {
     std::mem::take(&mut *handles.lock().unwrap())
-}
-
-/// The invariant that holds whenever nothing is changing.
-fn assert_settled(stats: Stats) {
-    assert_eq!(stats.queued, 0, "{stats:?}");
-    assert_eq!(stats.running, 0, "{stats:?}");
-    assert_eq!(
-        stats.scheduled,
-        stats.queued
-            + stats.running
-            + stats.completed
-            + stats.failed
-            + stats.panicked
-            + stats.timed_out
-            + stats.cancelled
-            + stats.rejected,
-        "{stats:?}"
-    );
 }
 
 #[tokio::test]

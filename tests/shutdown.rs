@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum_background::{
-    Background, BackgroundTask, BoxError, Phase, RejectReason, ShutdownHook, Stats, TaskContext,
+    Background, BackgroundTask, BoxError, Phase, RejectReason, ShutdownHook, TaskContext,
     TaskError, TaskHandle, TaskId, TaskInfo, Tasks, mode,
 };
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_test::{assert_pending, task};
 use tower::ServiceExt;
 
+use util::assert_settled;
 use util::{Events, within};
 
 /// A response body that sends what the test pushes, and ends when the test
@@ -73,24 +74,6 @@ fn taken(handles: &Handles) -> Vec<TaskHandle> {
 
 fn ids(infos: &[TaskInfo]) -> Vec<TaskId> {
     infos.iter().map(|info| info.id).collect()
-}
-
-/// The invariant that holds whenever nothing is changing.
-fn assert_settled(stats: Stats) {
-    assert_eq!(stats.queued, 0, "{stats:?}");
-    assert_eq!(stats.running, 0, "{stats:?}");
-    assert_eq!(
-        stats.scheduled,
-        stats.queued
-            + stats.running
-            + stats.completed
-            + stats.failed
-            + stats.panicked
-            + stats.timed_out
-            + stats.cancelled
-            + stats.rejected,
-        "{stats:?}"
-    );
 }
 
 fn boom() {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use axum_background::Stats;
 
 /// Awaits `future`, failing the test if it takes longer than 10 s.
 pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
@@ -48,4 +49,20 @@ impl Events {
             .position(|e| e == event)
             .unwrap_or_else(|| panic!("{event:?} not in {events:?}"))
     }
+}
+
+/// The invariant that holds whenever nothing is changing: nothing queued or
+/// running, and every scheduled task counted under exactly one outcome.
+pub fn assert_settled(stats: Stats) {
+    assert_eq!((stats.queued, stats.running), (0, 0), "{stats:?}");
+    assert_eq!(
+        stats.scheduled,
+        stats.completed
+            + stats.failed
+            + stats.panicked
+            + stats.timed_out
+            + stats.cancelled
+            + stats.rejected,
+        "{stats:?}"
+    );
 }
