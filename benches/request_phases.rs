@@ -15,7 +15,6 @@ mod common;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::Extension;
@@ -88,8 +87,6 @@ async fn one_request(router: Router) {
 }
 
 fn main() {
-    let args = common::Args::parse();
-    let since = SystemTime::now();
     let runtime = common::runtime();
     let background = Background::builder()
         .runtime(runtime.handle().clone())
@@ -98,54 +95,22 @@ fn main() {
         .route("/phases", get(crate_handler))
         .layer(background.layer());
     let bare_router = Router::new().route("/phases", get(bare_handler));
-
-    let crate_run = || {
-        let router = crate_router.clone();
-        common::run_units(&runtime, REQUESTS, move || one_request(router.clone()))
+    let requests = |router: &Router| {
+        let router = router.clone();
+        move || one_request(router.clone())
     };
-    let bare_run = || {
-        let router = bare_router.clone();
-        common::run_units(&runtime, REQUESTS, move || one_request(router.clone()))
-    };
-    common::wait_for_quiet(&args);
-    common::prewarm(&args, Duration::from_secs(1), crate_run, bare_run);
-
-    let criterion_meter = common::Meter::start();
-    let mut criterion = common::criterion(Duration::from_secs(3));
-    {
-        let mut group = criterion.benchmark_group("request_phases");
-        group.bench_function("crate", |b| {
-            b.iter_custom(|iters| {
-                let router = crate_router.clone();
-                common::run_units(&runtime, iters, move || one_request(router.clone())).wall
-            });
-        });
-        group.bench_function("bare", |b| {
-            b.iter_custom(|iters| {
-                let router = bare_router.clone();
-                common::run_units(&runtime, iters, move || one_request(router.clone())).wall
-            });
-        });
-        group.finish();
-    }
-    criterion.final_summary();
-    let criterion_phase = criterion_meter.stop();
-    if args.list {
-        return;
-    }
-    common::wait_for_quiet(&args);
-
-    let paired = common::paired(args.rounds(15), REQUESTS, crate_run, bare_run);
-    common::print_summary(
-        &common::Summary {
+    common::compare(
+        common::Comparison {
             bench: "request_phases",
             baseline: "same router, three bare tokio::spawn",
             iteration: "one request",
             unit: "request",
             goal: 1.5,
-            since,
-            criterion_phase,
+            throughput: None,
+            iterations_per_sample: REQUESTS,
+            units_per_sample: REQUESTS,
         },
-        &paired,
+        |n| common::run_units(&runtime, n, requests(&crate_router)),
+        |n| common::run_units(&runtime, n, requests(&bare_router)),
     );
 }

@@ -493,3 +493,80 @@ pub(crate) fn print_command(bench: &str) {
         );
     }
 }
+
+/// One crate-against-baseline comparison: what `compare` measures and prints.
+pub(crate) struct Comparison<'a> {
+    /// The bench (and criterion group) name.
+    pub(crate) bench: &'a str,
+    /// What the baseline is.
+    pub(crate) baseline: &'a str,
+    /// One criterion iteration, in words ("a batch of 100000 tasks").
+    pub(crate) iteration: &'a str,
+    /// One paired unit, in words ("task", "request").
+    pub(crate) unit: &'a str,
+    /// The goal: crate / bare at most this.
+    pub(crate) goal: f64,
+    /// Elements per criterion iteration, for criterion's throughput line.
+    pub(crate) throughput: Option<u64>,
+    /// Criterion iterations in one prewarm or paired sample.
+    pub(crate) iterations_per_sample: u64,
+    /// Units (tasks, requests) in one paired sample, for per-unit figures.
+    pub(crate) units_per_sample: u64,
+}
+
+/// The whole protocol for a bench whose variants run `n` iterations on
+/// demand: wait for a quiet machine, prewarm, criterion (each variant in
+/// turn), then interleaved paired rounds, and the summary with the command.
+pub(crate) fn compare(
+    comparison: Comparison<'_>,
+    crate_run: impl Fn(u64) -> Sample,
+    bare_run: impl Fn(u64) -> Sample,
+) {
+    let args = Args::parse();
+    let since = SystemTime::now();
+    let per_sample = comparison.iterations_per_sample;
+    wait_for_quiet(&args);
+    prewarm(
+        &args,
+        Duration::from_secs(1),
+        || crate_run(per_sample),
+        || bare_run(per_sample),
+    );
+
+    let criterion_meter = Meter::start();
+    let mut criterion = criterion(Duration::from_secs(3));
+    {
+        let mut group = criterion.benchmark_group(comparison.bench);
+        if let Some(elements) = comparison.throughput {
+            group.throughput(criterion::Throughput::Elements(elements));
+        }
+        group.bench_function("crate", |b| b.iter_custom(|iters| crate_run(iters).wall));
+        group.bench_function("bare", |b| b.iter_custom(|iters| bare_run(iters).wall));
+        group.finish();
+    }
+    criterion.final_summary();
+    let criterion_phase = criterion_meter.stop();
+    if args.list {
+        return;
+    }
+    wait_for_quiet(&args);
+
+    let paired = paired(
+        args.rounds(15),
+        comparison.units_per_sample,
+        || crate_run(per_sample),
+        || bare_run(per_sample),
+    );
+    print_summary(
+        &Summary {
+            bench: comparison.bench,
+            baseline: comparison.baseline,
+            iteration: comparison.iteration,
+            unit: comparison.unit,
+            goal: comparison.goal,
+            since,
+            criterion_phase,
+        },
+        &paired,
+    );
+}

@@ -201,7 +201,8 @@ impl TaskCell {
     /// Marks the task ended, once its outcome has been reported, and wakes
     /// every handle future.
     pub(crate) fn publish(&self) {
-        // Release: a reader that sees ENDED sees everything the report did.
+        // SeqCst: a reader that sees ENDED sees everything the report did, and
+        // `wake_watchers` pairs with `notified` (see there).
         self.state.store(ENDED, Ordering::SeqCst);
         self.wake_watchers();
     }
