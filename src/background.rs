@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     /// Metric handles by task name and phase.
     #[cfg(feature = "metrics")]
     pub(crate) instruments: crate::metrics::Instruments,
+    /// The durable store, its registered task types and this process's workers.
+    #[cfg(feature = "durable")]
+    pub(crate) durable: Option<crate::durable::Durable>,
 }
 
 /// Builds a [`Background`]; from [`Background::builder`].
@@ -79,6 +82,10 @@ pub struct BackgroundBuilder {
     max_blocking: Option<usize>,
     max_in_flight: Option<usize>,
     overflow: OverflowPolicy,
+    #[cfg(feature = "durable")]
+    durable: Option<crate::durable::DurableStore>,
+    #[cfg(feature = "durable")]
+    durable_tasks: crate::durable::Registry,
 }
 
 impl BackgroundBuilder {
@@ -133,6 +140,51 @@ impl BackgroundBuilder {
         self
     }
 
+    /// Keeps durable tasks in `store` and, unless the store says
+    /// [`without_workers`](crate::durable::DurableStore::without_workers),
+    /// runs workers for them in this process. See [`crate::durable`].
+    #[cfg(feature = "durable")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
+    pub fn durable(mut self, store: crate::durable::DurableStore) -> Self {
+        self.durable = Some(store);
+        self
+    }
+
+    /// Registers the durable task type `T` under [`T::NAME`](crate::durable::DurableTask::NAME),
+    /// with the default config: workers can then rebuild it from the store.
+    #[cfg(feature = "durable")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
+    pub fn register<T: crate::durable::DurableTask>(self) -> Self {
+        self.register_with::<T>(TaskConfig::default())
+    }
+
+    /// As [`register`](Self::register), with settings for every run of `T`
+    /// (over the default config): its retry policy, timeout and error
+    /// handler. Its name is always `T::NAME`, and it is always shielded.
+    ///
+    /// Registering a second type under a name already taken keeps the first
+    /// (and logs an error); scheduling the second then fails with
+    /// [`DurableError::NotRegistered`](crate::durable::DurableError::NotRegistered).
+    #[cfg(feature = "durable")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
+    pub fn register_with<T: crate::durable::DurableTask>(mut self, config: TaskConfig) -> Self {
+        let config = TaskConfig {
+            name: None,
+            ..config.merged_over(&self.default_config)
+        };
+        match self.durable_tasks.entry(T::NAME) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(crate::durable::registration::<T>(config));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => tracing::error!(
+                name = T::NAME,
+                task = std::any::type_name::<T>(),
+                "another durable task type is already registered under this name; not registered"
+            ),
+        }
+        self
+    }
+
     /// Builds the `Background`.
     ///
     /// Called outside a tokio runtime without [`runtime`](Self::runtime), the
@@ -144,8 +196,8 @@ impl BackgroundBuilder {
         if let Some(handle) = self.runtime.or_else(|| Handle::try_current().ok()) {
             let _ = runtime.set(handle);
         }
-        Background {
-            shared: Arc::new(Shared {
+        let background = Background {
+            shared: Arc::new_cyclic(|_weak| Shared {
                 registry: Registry::default(),
                 default_config: self.default_config,
                 runtime,
@@ -163,8 +215,20 @@ impl BackgroundBuilder {
                 },
                 #[cfg(feature = "metrics")]
                 instruments: crate::metrics::Instruments::default(),
+                #[cfg(feature = "durable")]
+                durable: self.durable.map(|store| crate::durable::Durable {
+                    store,
+                    registry: self.durable_tasks,
+                    workers: Default::default(),
+                    shared: _weak.clone(),
+                }),
             }),
+        };
+        #[cfg(feature = "durable")]
+        if let Some(runtime) = background.shared.runtime.get() {
+            background.shared.start_workers(runtime);
         }
+        background
     }
 }
 
@@ -267,7 +331,41 @@ impl Shared {
             return Some(handle);
         }
         let handle = Handle::try_current().ok()?;
-        Some(self.runtime.get_or_init(|| handle))
+        let handle = self.runtime.get_or_init(|| handle);
+        #[cfg(feature = "durable")]
+        self.start_workers(handle);
+        Some(handle)
+    }
+
+    /// Starts the durable workers on `runtime` (once; a no-op without a store).
+    #[cfg(feature = "durable")]
+    fn start_workers(&self, runtime: &Handle) {
+        if let Some(durable) = &self.durable {
+            durable
+                .workers
+                .start(runtime, &durable.store, durable.shared.clone());
+        }
+    }
+
+    /// Schedules a job taken from the durable store: like a rerunnable task,
+    /// but admitted during shutdown (the job is already out of the store) and
+    /// never rejected by a full `max_in_flight` (it waits).
+    #[cfg(feature = "durable")]
+    pub(crate) fn schedule_stored<T: crate::task::Rerunnable<M>, M>(
+        self: &Arc<Self>,
+        task: T,
+        phase: Phase,
+        config: TaskConfig,
+    ) -> TaskHandle {
+        let own_name = task.own_name();
+        let source = TaskSource {
+            own_name,
+            type_path: T::type_path(),
+            attempts: task.into_attempts(),
+            retrying: true,
+            from_store: true,
+        };
+        self.admit::<T::Mode, _>(source, None, phase, config)
     }
 
     /// Schedules a task that runs once.
@@ -287,6 +385,7 @@ impl Shared {
             type_path: T::type_path(),
             attempts: Once::new(task.into_work()),
             retrying: false,
+            from_store: false,
         };
         self.admit::<T::Mode, _>(source, scope, phase, config.unwrap_or_default())
     }
@@ -308,6 +407,7 @@ impl Shared {
             type_path: T::type_path(),
             attempts: task.into_attempts(),
             retrying: true,
+            from_store: false,
         };
         self.admit::<T::Mode, _>(source, scope, phase, config)
     }
@@ -347,7 +447,8 @@ impl Shared {
         // `closing` here.
         self.registry.insert(&cell);
         let membership = Membership { cell };
-        let reject = if self.closing.load(Ordering::SeqCst) {
+        let from_store = source.from_store;
+        let reject = if self.closing.load(Ordering::SeqCst) && !from_store {
             Some(RejectReason::ShuttingDown)
         } else if self.runtime().is_none() {
             Some(RejectReason::NoRuntime)
@@ -375,7 +476,7 @@ impl Shared {
         };
         let start = move || {
             let shared = Arc::clone(job.membership.shared());
-            match shared.limits.admit() {
+            match shared.limits.admit(from_store) {
                 Ok(slot) => job.slot = slot,
                 Err(reason) => return shared.reject(&job.membership.cell, reason),
             }
@@ -431,4 +532,6 @@ struct TaskSource<A> {
     attempts: A,
     /// Whether the route taken allows retries (the task can run again).
     retrying: bool,
+    /// A job taken from the durable store (see `schedule_stored`).
+    from_store: bool,
 }

@@ -56,7 +56,7 @@ enum Target {
 }
 
 impl Tasks {
-    fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         match &self.target {
             Target::Request(scope) => &scope.shared,
             Target::Detached(shared) => shared,

@@ -115,6 +115,9 @@ pub mod admin;
 mod background;
 mod config;
 mod context;
+#[cfg(feature = "durable")]
+#[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
+pub mod durable;
 mod error;
 mod extractor;
 mod handle;

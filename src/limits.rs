@@ -220,16 +220,18 @@ pub(crate) struct Limits {
 impl Limits {
     /// The in-flight permit for a task about to start; `Err` when the limit
     /// is reached and the policy is to reject.
-    pub(crate) fn admit(&self) -> Result<Option<Permit>, RejectReason> {
+    ///
+    /// `always_wait`: wait whatever the policy (a job from the durable store).
+    pub(crate) fn admit(&self, always_wait: bool) -> Result<Option<Permit>, RejectReason> {
         let Some((semaphore, limit)) = &self.in_flight else {
             return Ok(None);
         };
         match self.overflow {
-            OverflowPolicy::Wait => Ok(Some(Permit::request(semaphore))),
-            OverflowPolicy::Reject => Arc::clone(semaphore)
+            OverflowPolicy::Reject if !always_wait => Arc::clone(semaphore)
                 .try_acquire_owned()
                 .map(|permit| Some(Permit::Held(permit)))
                 .map_err(|_| RejectReason::LimitReached { limit: *limit }),
+            _ => Ok(Some(Permit::request(semaphore))),
         }
     }
 }

@@ -223,6 +223,11 @@ impl Background {
         let shared = &self.shared;
         // SeqCst: pairs with the load in `Shared::schedule` (see there).
         shared.closing.store(true, Ordering::SeqCst);
+        // Durable workers stop taking jobs; those they hold run on, shielded.
+        #[cfg(feature = "durable")]
+        if let Some(durable) = &shared.durable {
+            durable.workers.stop();
+        }
         let deadline = Instant::now() + grace;
         let mut cells = shared.registry.cells();
         cells.sort_by_key(|cell| cell.id);
@@ -266,6 +271,16 @@ impl Background {
                     shared.report(cell, was_started).await;
                 }
             }
+        }
+
+        // The workers write their last outcomes and put back the jobs they
+        // had taken but not started; a short flush is allowed past `grace`.
+        #[cfg(feature = "durable")]
+        if let Some(durable) = &shared.durable {
+            durable
+                .workers
+                .join(deadline, std::time::Duration::from_secs(2))
+                .await;
         }
 
         shared.hooks.run().await;
