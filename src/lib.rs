@@ -107,6 +107,7 @@
 //! |---|---|---|
 //! | `metrics` | task counters, gauges and histograms through the `metrics` facade (see [Metrics](#metrics)) | no |
 //! | `admin` | `Background::admin_router()` and the `admin` module: JSON endpoints and a live HTML page of the tasks in flight and the counters, with a cancel button per task | no |
+//! | `durable` | the `durable` module: `tasks.durable().schedule(..)` writes a task to a store (SQLite, or Postgres shared by several processes) on [apalis](https://docs.rs/apalis), run at least once by workers, surviving a crash. Needs Rust 1.94 or later (sqlx 0.9) | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "admin")]

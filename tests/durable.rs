@@ -861,3 +861,86 @@ async fn a_job_cut_off_by_the_grace_period_runs_again_on_the_next_start() {
         BTreeMap::from([("Done".to_owned(), 1)])
     );
 }
+
+#[tokio::test]
+async fn a_job_the_store_refuses_is_an_error_or_goes_to_the_error_handler() {
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        sqlite_path("refused").display()
+    ))
+    .await
+    .unwrap();
+    let store = DurableStore::from_sqlite_pool(pool.clone())
+        .await
+        .unwrap()
+        .without_workers();
+    let reported = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let config = TaskConfig::builder()
+        .on_error({
+            let reported = Arc::clone(&reported);
+            move |info: &TaskInfo, error: &TaskError| {
+                reported
+                    .lock()
+                    .unwrap()
+                    .push((info.name.to_string(), error.to_string()));
+            }
+        })
+        .build();
+    let background = Background::builder()
+        .durable(store)
+        .register_with::<Record>(config)
+        .build();
+    pool.close().await;
+
+    // Now: the caller gets the error.
+    let error = background
+        .durable()
+        .schedule(Record {
+            key: "refused".into(),
+            n: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DurableError::Store(_)), "{error}");
+
+    // In a later phase: the write fails then, and is reported.
+    let app = Router::new()
+        .route(
+            "/",
+            post(|tasks: Tasks| async move {
+                tasks
+                    .durable()
+                    .after_response()
+                    .schedule(Record {
+                        key: "refused".into(),
+                        n: 2,
+                    })
+                    .await
+                    .map(|id| id.to_string())
+            }),
+        )
+        .layer(background.layer());
+    let response = app
+        .oneshot(
+            http::Request::post("/")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap(),
+    );
+    within("the enqueue to end", background.wait_idle()).await;
+    let reported = reported.lock().unwrap().clone();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0].0, "record:enqueue");
+    assert!(
+        reported[0].1.contains("durable store error"),
+        "{reported:?}"
+    );
+    assert_eq!(background.stats().failed, 1);
+}
