@@ -213,6 +213,12 @@ impl Background {
     /// 5. the [`ShutdownReport`] lists each task that was in flight when
     ///    shutdown began in exactly one of its lists.
     ///
+    /// With durable tasks (feature `durable`), this process's workers stop
+    /// taking jobs at step 1; the jobs they run are shielded tasks like any
+    /// other; before step 4 the workers write their last outcomes (allowed
+    /// up to 2 s past `grace`) and put back the jobs they had taken but not
+    /// started. Jobs not run stay in the store.
+    ///
     /// Calling it again returns a report of what was still in flight then.
     ///
     /// # Cancel safety
