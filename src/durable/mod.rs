@@ -46,9 +46,11 @@
 //! # Delivery
 //!
 //! At least once. A job is taken out of the store by one worker at a time
-//! and marked done when its task completes; a worker that dies holding jobs
-//! stops sending heartbeats, and after `heartbeat interval × missed
-//! heartbeats` another worker (or the next start of this one) puts them back.
+//! (in batches: a worker may hold jobs it has not started yet) and marked
+//! done when its task completes. A worker that dies holding jobs, running or
+//! not, stops sending heartbeats; once `heartbeat interval × missed
+//! heartbeats` have passed, the next heartbeat of a live worker (in this or
+//! another process) puts them back.
 //! A task may therefore run twice: make durable tasks idempotent.
 //!
 //! # Running

@@ -11,7 +11,9 @@ use apalis_core::task::task_id::TaskId as StoreTaskId;
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::ConnectOptions;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -131,8 +133,19 @@ impl DurableStore {
     ///
     /// [`DurableError::Store`] when it cannot connect or set up the tables.
     pub async fn postgres(url: &str) -> Result<Self, DurableError> {
+        let options: PgConnectOptions = url.parse().map_err(store_error)?;
+        // One connection first: a wrong address or password fails now, with
+        // its own error (a pool would wait out its acquire timeout and say
+        // only that it timed out).
+        options
+            .connect()
+            .await
+            .map_err(store_error)?
+            .close()
+            .await
+            .map_err(store_error)?;
         let pool = PgPoolOptions::new()
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(store_error)?;
         Self::from_postgres_pool(pool).await
