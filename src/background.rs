@@ -357,14 +357,7 @@ impl Shared {
         phase: Phase,
         config: TaskConfig,
     ) -> TaskHandle {
-        let own_name = task.own_name();
-        let source = TaskSource {
-            own_name,
-            type_path: T::type_path(),
-            attempts: task.into_attempts(),
-            retrying: true,
-            from_store: true,
-        };
+        let source = rerunnable_source(task, true);
         self.admit::<T::Mode, _>(source, None, phase, config)
     }
 
@@ -401,14 +394,7 @@ impl Shared {
     where
         T: Rerunnable<M>,
     {
-        let own_name = task.own_name();
-        let source = TaskSource {
-            own_name,
-            type_path: T::type_path(),
-            attempts: task.into_attempts(),
-            retrying: true,
-            from_store: false,
-        };
+        let source = rerunnable_source(task, false);
         self.admit::<T::Mode, _>(source, scope, phase, config)
     }
 
@@ -534,4 +520,15 @@ struct TaskSource<A> {
     retrying: bool,
     /// A job taken from the durable store (see `schedule_stored`).
     from_store: bool,
+}
+
+/// A task that may run again, under the merged retry policy.
+fn rerunnable_source<T: Rerunnable<M>, M>(task: T, from_store: bool) -> TaskSource<impl Attempts> {
+    TaskSource {
+        own_name: task.own_name(),
+        type_path: T::type_path(),
+        attempts: task.into_attempts(),
+        retrying: true,
+        from_store,
+    }
 }
