@@ -194,35 +194,31 @@ fn sqlite_path(test: &str) -> PathBuf {
     path
 }
 
-async fn sqlite(test: &str) -> DurableStore {
-    DurableStore::sqlite(sqlite_path(test))
-        .await
-        .expect("open sqlite store")
-        .poll_interval(Duration::from_millis(20))
-}
+/// What error handlers were given, in order: (task name, error).
+type Reported = Arc<Mutex<Vec<(String, String)>>>;
 
-/// The status of every job in a SQLite store, by status.
-async fn sqlite_statuses(path: &Path) -> BTreeMap<String, i64> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, COUNT(*) FROM Jobs GROUP BY status")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    rows.into_iter().collect()
+/// A config whose error handler records into the list it comes with.
+fn reporting() -> (TaskConfig, Reported) {
+    let reported = Reported::default();
+    let config = TaskConfig::builder()
+        .on_error({
+            let reported = Arc::clone(&reported);
+            move |info: &TaskInfo, error: &TaskError| {
+                reported
+                    .lock()
+                    .unwrap()
+                    .push((info.name.to_string(), error.to_string()));
+            }
+        })
+        .build();
+    (config, reported)
 }
 
 #[tokio::test]
 async fn a_scheduled_task_runs_in_this_process_and_is_done_in_the_store() {
-    let path = sqlite_path("runs");
-    let store = DurableStore::sqlite(&path)
-        .await
-        .unwrap()
-        .poll_interval(Duration::from_millis(20));
+    let store = StoreSpec::sqlite("runs");
     let background = Background::builder()
-        .durable(store)
+        .durable(store.open().await)
         .register::<Record>()
         .register::<BlockingRecord>()
         .build();
@@ -253,20 +249,16 @@ async fn a_scheduled_task_runs_in_this_process_and_is_done_in_the_store() {
     assert_settled(background.stats());
     assert_eq!(background.stats().completed, 2);
     assert_eq!(
-        sqlite_statuses(&path).await,
+        store.statuses().await,
         BTreeMap::from([("Done".to_owned(), 2)])
     );
 }
 
 #[tokio::test]
 async fn the_phase_says_when_the_job_is_written() {
-    let path = sqlite_path("phases");
-    let store = DurableStore::sqlite(&path)
-        .await
-        .unwrap()
-        .poll_interval(Duration::from_millis(20));
+    let store = StoreSpec::sqlite("phases");
     let background = Background::builder()
-        .durable(store)
+        .durable(store.open().await)
         .register::<Record>()
         .build();
     let handler_done = Arc::new(AtomicUsize::new(0));
@@ -302,7 +294,7 @@ async fn the_phase_says_when_the_job_is_written() {
     // The body has not been read: the after-response phase has not come, and
     // the job is not in the store yet.
     assert_eq!(handler_done.load(Ordering::SeqCst), 1);
-    assert_eq!(sqlite_statuses(&path).await, BTreeMap::new());
+    assert_eq!(store.statuses().await, BTreeMap::new());
     drop(
         axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
@@ -313,26 +305,14 @@ async fn the_phase_says_when_the_job_is_written() {
 
 #[tokio::test]
 async fn a_failing_task_is_retried_then_reported_and_not_run_again() {
-    let path = sqlite_path("fails");
-    let store = DurableStore::sqlite(&path)
-        .await
-        .unwrap()
-        .poll_interval(Duration::from_millis(20));
-    let reported = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let store = StoreSpec::sqlite("fails");
+    let (reports, reported) = reporting();
     let config = TaskConfig::builder()
         .retry(RetryPolicy::attempts(3).backoff(Duration::from_millis(1)))
-        .on_error({
-            let reported = Arc::clone(&reported);
-            move |info: &TaskInfo, error: &TaskError| {
-                reported
-                    .lock()
-                    .unwrap()
-                    .push((info.name.to_string(), error.to_string()));
-            }
-        })
-        .build();
+        .build()
+        .merged_over(&reports);
     let background = Background::builder()
-        .durable(store)
+        .durable(store.open().await)
         .register_with::<AlwaysFails>(config)
         .build();
     background
@@ -355,7 +335,7 @@ async fn a_failing_task_is_retried_then_reported_and_not_run_again() {
     // Given up, in the store too: no worker takes it again.
     within("shutdown", background.shutdown(Duration::from_secs(5))).await;
     assert_eq!(
-        sqlite_statuses(&path).await,
+        store.statuses().await,
         BTreeMap::from([("Killed".to_owned(), 1)])
     );
     assert_eq!(runs("fails").len(), 3);
@@ -376,7 +356,7 @@ async fn scheduling_needs_a_store_and_a_registered_type() {
     assert!(error.to_string().contains(".durable(DurableStore::sqlite"));
 
     let background = Background::builder()
-        .durable(sqlite("unregistered").await)
+        .durable(StoreSpec::sqlite("unregistered").open().await)
         .build();
     let error = background
         .durable()
@@ -870,18 +850,7 @@ async fn a_job_the_store_refuses_is_an_error_or_goes_to_the_error_handler() {
         .await
         .unwrap()
         .without_workers();
-    let reported = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
-    let config = TaskConfig::builder()
-        .on_error({
-            let reported = Arc::clone(&reported);
-            move |info: &TaskInfo, error: &TaskError| {
-                reported
-                    .lock()
-                    .unwrap()
-                    .push((info.name.to_string(), error.to_string()));
-            }
-        })
-        .build();
+    let (config, reported) = reporting();
     let background = Background::builder()
         .durable(store)
         .register_with::<Record>(config)

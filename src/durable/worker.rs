@@ -172,8 +172,8 @@ async fn execute(shared: Weak<Shared>, job: Job) -> Result<(), BoxDynError> {
 }
 
 /// An error apalis records as `Failed`: the job is taken again.
-fn requeue(reason: impl Into<Cow<'static, str>>) -> BoxDynError {
-    reason.into().into_owned().into()
+fn requeue(reason: impl Into<String>) -> BoxDynError {
+    reason.into().into()
 }
 
 /// Schedules a stored job of type `T` as a shielded task of this crate.
