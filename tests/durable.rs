@@ -194,6 +194,14 @@ fn sqlite_path(test: &str) -> PathBuf {
     path
 }
 
+/// `POST /` to `app`; the response comes back with its body unread.
+async fn post_root(app: Router) -> axum::response::Response {
+    let request = http::Request::post("/")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    app.oneshot(request).await.unwrap()
+}
+
 /// What error handlers were given, in order: (task name, error).
 type Reported = Arc<Mutex<Vec<(String, String)>>>;
 
@@ -282,14 +290,7 @@ async fn the_phase_says_when_the_job_is_written() {
             }),
         )
         .layer(background.layer());
-    let response = app
-        .oneshot(
-            http::Request::post("/")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = post_root(app).await;
     assert_eq!(response.status(), 200);
     // The body has not been read: the after-response phase has not come, and
     // the job is not in the store yet.
@@ -885,14 +886,7 @@ async fn a_job_the_store_refuses_is_an_error_or_goes_to_the_error_handler() {
             }),
         )
         .layer(background.layer());
-    let response = app
-        .oneshot(
-            http::Request::post("/")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = post_root(app).await;
     assert_eq!(response.status(), 200);
     drop(
         axum::body::to_bytes(response.into_body(), usize::MAX)
