@@ -84,6 +84,6 @@ impl fmt::Debug for TaskContext {
 pub(crate) fn scope<F: std::future::Future>(
     cell: Arc<TaskCell>,
     work: F,
-) -> impl std::future::Future<Output = F::Output> {
+) -> tokio::task::futures::TaskLocalFuture<Arc<TaskCell>, F> {
     CURRENT.scope(cell, work)
 }

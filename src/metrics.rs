@@ -4,7 +4,9 @@
 //! The metrics and their labels are listed in the crate docs ("Metrics").
 //! Handles are registered once per task name and phase and kept by the
 //! `Background`: a recorder's own lookup (hashing the labels, locking its
-//! registry) would otherwise run six times per task.
+//! registry) would otherwise run six times per task. Each thread also keeps
+//! the few handle sets it used last, so that a task's lookup is usually a
+//! pointer comparison rather than a hash and a shard lock.
 
 use crate::TaskError;
 use crate::registry::TaskCell;
@@ -14,14 +16,15 @@ pub(crate) use enabled::{Instruments, TaskInstruments};
 
 #[cfg(feature = "metrics")]
 mod enabled {
+    use std::cell::RefCell;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use dashmap::DashMap;
     use metrics::{Counter, Gauge, Histogram, SharedString};
     use rustc_hash::FxBuildHasher;
 
     use crate::Phase;
-    use crate::registry::TaskCell;
     use crate::task::TaskName;
 
     const SCHEDULED: &str = "background_tasks_scheduled_total";
@@ -52,18 +55,80 @@ mod enabled {
 
     /// A `Background`'s metric handles, registered with the recorder
     /// installed when they are first needed.
-    #[derive(Default)]
     pub(crate) struct Instruments {
+        /// Tells this `Background`'s entries in the per-thread caches from
+        /// those of another (an address could be reused after a drop).
+        id: u64,
         by_task: DashMap<(TaskName, Phase), Arc<TaskInstruments>, FxBuildHasher>,
     }
 
+    /// How many handle sets each thread keeps: enough for the few task kinds
+    /// an application's hot endpoints schedule in turn.
+    const CACHED: usize = 4;
+
+    /// One handle set a thread used recently.
+    struct Cached {
+        owner: u64,
+        name: TaskName,
+        phase: Phase,
+        instruments: Arc<TaskInstruments>,
+    }
+
+    thread_local! {
+        /// The handle sets this thread used last, replaced in turn.
+        static RECENT: RefCell<(usize, [Option<Cached>; CACHED])> =
+            const { RefCell::new((0, [const { None }; CACHED])) };
+    }
+
+    impl Default for Instruments {
+        fn default() -> Self {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            Instruments {
+                id: NEXT.fetch_add(1, Ordering::Relaxed),
+                by_task: DashMap::default(),
+            }
+        }
+    }
+
     impl Instruments {
-        pub(crate) fn for_task(&self, cell: &TaskCell) -> Arc<TaskInstruments> {
-            let key = (cell.name_key().clone(), cell.phase);
+        /// The handles of a task called `name` in `phase`: from this thread's
+        /// cache, else from the `Background`'s map, else registered now.
+        pub(crate) fn for_task(&self, name: &TaskName, phase: Phase) -> Arc<TaskInstruments> {
+            let cached = RECENT
+                .try_with(|recent| {
+                    let recent = recent.borrow();
+                    recent.1.iter().flatten().find_map(|entry| {
+                        (entry.owner == self.id && entry.phase == phase && entry.name.same(name))
+                            .then(|| Arc::clone(&entry.instruments))
+                    })
+                })
+                .ok()
+                .flatten();
+            if let Some(instruments) = cached {
+                return instruments;
+            }
+            let instruments = self.lookup(name, phase);
+            // A thread being torn down keeps no cache; nothing is lost.
+            let _ = RECENT.try_with(|recent| {
+                let mut recent = recent.borrow_mut();
+                let slot = recent.0;
+                recent.0 = (slot + 1) % CACHED;
+                recent.1[slot] = Some(Cached {
+                    owner: self.id,
+                    name: name.clone(),
+                    phase,
+                    instruments: Arc::clone(&instruments),
+                });
+            });
+            instruments
+        }
+
+        fn lookup(&self, name: &TaskName, phase: Phase) -> Arc<TaskInstruments> {
+            let key = (name.clone(), phase);
             if let Some(found) = self.by_task.get(&key) {
                 return Arc::clone(found.value());
             }
-            let (name, phase) = (SharedString::from(cell.name()), cell.phase.as_str());
+            let (name, phase) = (SharedString::from(name.get()), phase.as_str());
             let made = Arc::new(TaskInstruments {
                 scheduled: metrics::counter!(SCHEDULED, "name" => name.clone(), "phase" => phase),
                 queue_wait: metrics::histogram!(QUEUE_WAIT, "name" => name.clone(), "phase" => phase),
@@ -88,8 +153,23 @@ mod enabled {
         }
     }
 
-    pub(super) fn outcome_index(outcome: &str) -> usize {
-        OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(4)
+    /// The position of `outcome`'s label in `OUTCOMES` (no ending outcome
+    /// means the task was cancelled).
+    pub(super) fn outcome_index(outcome: Option<&Result<(), crate::TaskError>>) -> usize {
+        use crate::TaskError;
+        match outcome {
+            Some(Ok(())) => 0,
+            Some(Err(TaskError::Failed(_))) => 1,
+            Some(Err(TaskError::Panicked(_))) => 2,
+            Some(Err(TaskError::TimedOut)) => 3,
+            Some(Err(TaskError::Cancelled)) | None => 4,
+            Some(Err(TaskError::Rejected(_))) => 5,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn outcome_label(outcome: Option<&Result<(), crate::TaskError>>) -> &'static str {
+        OUTCOMES[outcome_index(outcome)]
     }
 }
 
@@ -97,7 +177,8 @@ mod enabled {
 #[inline]
 pub(crate) fn scheduled(cell: &TaskCell) {
     #[cfg(feature = "metrics")]
-    if let Some(instruments) = cell.instruments() {
+    {
+        let instruments = cell.instruments();
         instruments.scheduled.increment(1);
         instruments.in_flight.increment(1.0);
         instruments.queued.increment(1.0);
@@ -106,30 +187,26 @@ pub(crate) fn scheduled(cell: &TaskCell) {
     let _ = cell;
 }
 
-/// A task started running.
+/// A task started running, `waited` after it was scheduled.
 #[inline]
-pub(crate) fn started(cell: &TaskCell) {
+pub(crate) fn started(cell: &TaskCell, waited: std::time::Duration) {
     #[cfg(feature = "metrics")]
-    if let Some(instruments) = cell.instruments() {
+    {
+        let instruments = cell.instruments();
         instruments.queued.decrement(1.0);
-        instruments
-            .queue_wait
-            .record(cell.scheduled_at.elapsed().as_secs_f64());
+        instruments.queue_wait.record(waited.as_secs_f64());
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = cell;
+    let _ = (cell, waited);
 }
 
 /// A task ended with `outcome`; `was_started` says whether it ran.
 #[inline]
 pub(crate) fn ended(cell: &TaskCell, was_started: bool, outcome: Option<&Result<(), TaskError>>) {
     #[cfg(feature = "metrics")]
-    if let Some(instruments) = cell.instruments() {
-        let index = enabled::outcome_index(match outcome {
-            Some(Ok(())) => "completed",
-            Some(Err(error)) => error.kind(),
-            None => "cancelled",
-        });
+    {
+        let instruments = cell.instruments();
+        let index = enabled::outcome_index(outcome);
         instruments.ended[index].increment(1);
         instruments.in_flight.decrement(1.0);
         if !was_started {
@@ -141,4 +218,29 @@ pub(crate) fn ended(cell: &TaskCell, was_started: bool, outcome: Option<&Result<
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (cell, was_started, outcome);
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::{RejectReason, TaskError};
+
+    #[test]
+    fn each_outcome_is_counted_under_its_own_label() {
+        let errors = [
+            TaskError::Failed(Arc::new(std::fmt::Error)),
+            TaskError::Panicked(Arc::from("boom")),
+            TaskError::TimedOut,
+            TaskError::Cancelled,
+            TaskError::Rejected(RejectReason::ShuttingDown),
+        ];
+        assert_eq!(super::enabled::outcome_label(Some(&Ok(()))), "completed");
+        assert_eq!(super::enabled::outcome_label(None), "cancelled");
+        for error in errors {
+            let outcome = Err(error);
+            let error = outcome.as_ref().unwrap_err();
+            assert_eq!(super::enabled::outcome_label(Some(&outcome)), error.kind());
+        }
+    }
 }

@@ -5,15 +5,17 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use futures_util::FutureExt;
+use futures_util::future::CatchUnwind;
 use pin_project_lite::pin_project;
 
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::futures::TaskLocalFuture;
 use tracing::Span;
 
 use crate::BoxError;
@@ -166,66 +168,141 @@ impl<A: Attempts> Job<A> {
     }
 
     /// [`run`](Self::run) for the common case ([`is_simple_inline`](Self::is_simple_inline)):
-    /// one attempt, polled in place, with a small state to keep in memory
-    /// while the task waits.
-    pub(crate) fn run_simple(self) -> impl Future<Output = ()> + Send + 'static {
-        // Only what the run needs goes into its future.
+    /// one attempt, polled in place, the task's own future stored once.
+    pub(crate) fn run_simple(
+        self,
+    ) -> SimpleRun<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
         let slot = match self.slot {
             Some(Permit::Held(permit)) => Some(permit),
             _ => None,
         };
-        run_simple(self.membership, self.attempts, slot)
+        let cell = &self.membership.cell;
+        let work = self.attempts.into_single_attempt().map(|work| {
+            crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind())
+        });
+        SimpleRun {
+            work,
+            report: None,
+            started: false,
+            membership: self.membership,
+            _slot: slot,
+        }
     }
 }
 
-/// See [`Job::run_simple`].
-async fn run_simple<A: Attempts>(
-    membership: Membership,
-    mut attempts: A,
-    // Held until the task has been reported.
-    _slot: Option<OwnedSemaphorePermit>,
-) {
-    let cell = &membership.cell;
-    if !cell.try_start(&cell.shared.registry.counters) {
-        // Ended while queued (cancelled at shutdown): already reported.
-        return;
+/// A boxed report: an error handler to await (the rare path, kept off every
+/// task's future).
+type Report = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pin_project! {
+    /// The future of a task that runs once, without a deadline or a slot to
+    /// wait for: start it, poll its work (dropped if the task is cancelled
+    /// first), report the outcome. Written out by hand because a chain of
+    /// `async fn`s kept the task's own future up to four times over in its
+    /// state (each argument moved into the next call keeps its place).
+    pub(crate) struct SimpleRun<W> {
+        // Fields drop in this order: the work before the membership, so that
+        // a task dropped by its runtime is reported after its work is gone.
+        #[pin]
+        work: Option<TaskLocalFuture<Arc<TaskCell>, CatchUnwind<AssertUnwindSafe<W>>>>,
+        report: Option<Report>,
+        started: bool,
+        membership: Membership,
+        // Held until the task has been reported.
+        _slot: Option<OwnedSemaphorePermit>,
     }
-    let outcome = match attempts.next_attempt() {
-        Some(work) => attempt(cell, work).await,
-        None => Err(TaskError::Cancelled),
-    };
-    finish(cell, outcome).await;
+}
+
+impl<W> Future for SimpleRun<W>
+where
+    W: Future<Output = Result<(), BoxError>>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if let Some(report) = this.report {
+            ready!(report.as_mut().poll(cx));
+            *this.report = None;
+            return Poll::Ready(());
+        }
+        let cell = &this.membership.cell;
+        if !*this.started {
+            *this.started = true;
+            if !cell.try_start(&cell.shared.registry.counters) {
+                // Ended while queued (cancelled at shutdown): already reported.
+                this.work.set(None);
+                return Poll::Ready(());
+            }
+        }
+        let outcome = match this.work.as_mut().as_pin_mut() {
+            None => Err(TaskError::Cancelled),
+            // A running sync task cannot be interrupted: its cancellation is a
+            // signal it observes through `TaskContext`, not a drop at an `.await`.
+            Some(_) if cell.mode == ModeKind::Async && cell.poll_cancelled(cx).is_ready() => {
+                Err(TaskError::Cancelled)
+            }
+            Some(work) => classify(Some(ready!(work.poll(cx)))),
+        };
+        // The work is dropped before its outcome is published.
+        this.work.set(None);
+        match finish_now(cell, outcome) {
+            None => Poll::Ready(()),
+            Some(mut report) => {
+                if report.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                *this.report = Some(report);
+                Poll::Pending
+            }
+        }
+    }
 }
 
 /// Ends a task whose work is over with `outcome`, unless someone else
-/// claimed its end; reports a failure (boxed: the rare path should not grow
-/// every task's future).
+/// claimed its end; reports a failure.
 async fn finish(cell: &Arc<TaskCell>, outcome: Result<(), TaskError>) {
-    if let Some(was_started) = cell.try_finish(outcome) {
-        if cell.decided_outcome().is_some_and(Result::is_ok) {
-            cell.shared.registry.end(cell, was_started);
-        } else {
-            Box::pin(cell.shared.report(cell, was_started)).await;
-        }
-    } else if cell.take_delegated_report() {
-        // Cancelled on request while running: its work is dropped by now.
-        Box::pin(cell.shared.report(cell, true)).await;
+    if let Some(report) = finish_now(cell, outcome) {
+        report.await;
     }
 }
 
-/// One attempt polled in place, without a deadline.
-async fn attempt<W>(cell: &Arc<TaskCell>, work: W) -> Result<(), TaskError>
+/// [`finish`] without awaiting: a success ends the task here; a failure's
+/// report, which may await an error handler, is returned to be awaited.
+fn finish_now(cell: &Arc<TaskCell>, outcome: Result<(), TaskError>) -> Option<Report> {
+    let was_started = match cell.try_finish(outcome) {
+        Some(was_started) => was_started,
+        // Cancelled on request while running: its work is dropped by now.
+        None if cell.take_delegated_report() => true,
+        None => return None,
+    };
+    if cell.decided_outcome().is_some_and(Result::is_ok) {
+        cell.shared.registry.end(cell, was_started);
+        return None;
+    }
+    let cell = Arc::clone(cell);
+    Some(Box::pin(async move {
+        cell.shared.report(&cell, was_started).await;
+    }))
+}
+
+/// One attempt polled in place, without a deadline (built, not an `async fn`,
+/// so that the work is not kept twice in the caller's state).
+fn attempt<'a, W>(
+    cell: &'a Arc<TaskCell>,
+    work: W,
+) -> impl Future<Output = Result<(), TaskError>> + Send + 'a
 where
-    W: Future<Output = Result<(), BoxError>> + Send,
+    W: Future<Output = Result<(), BoxError>> + Send + 'a,
 {
-    let work = Cancellable {
+    Cancellable {
         cell,
         // A running sync task cannot be interrupted: its cancellation is a
         // signal it observes through `TaskContext`, not a drop at an `.await`.
         interruptible: cell.mode == ModeKind::Async,
         work: crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind()),
-    };
-    classify(work.await)
+    }
+    .map(classify)
 }
 
 fn classify(
@@ -460,4 +537,43 @@ fn log_handler_panic(info: &TaskInfo, message: &str) {
         panic = message,
         "error handler panicked"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use crate::BoxError;
+    use crate::runner::Job;
+    use crate::task::Once;
+
+    /// A task future of a known, large size (never built: only measured).
+    #[allow(dead_code)]
+    struct Large([u8; 256]);
+
+    impl Future for Large {
+        type Output = Result<(), BoxError>;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The size of what `make` returns, without calling it.
+    fn size_of_output<F: FnOnce(A) -> R, A, R>(_: &F) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn a_simple_task_keeps_its_future_once() {
+        let work = std::mem::size_of::<Large>();
+        let run = size_of_output(&Job::<Once<Large>>::run_simple);
+        // An `async fn` chain held this future four times over (1,408 bytes).
+        assert!(
+            run <= work + 128,
+            "the runner of a {work}-byte future takes {run} bytes"
+        );
+    }
 }

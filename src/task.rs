@@ -237,6 +237,12 @@ pub trait Attempts: Send + 'static {
     fn next_attempt(
         &mut self,
     ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static>;
+
+    /// The work of a task that runs once (by value: the work can outlive the
+    /// source, which `next_attempt`'s borrow would not let it).
+    fn into_single_attempt(
+        self,
+    ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static>;
 }
 
 /// A task that runs once: its work, made when it was scheduled.
@@ -257,6 +263,12 @@ where
     ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
         self.0.take()
     }
+
+    fn into_single_attempt(
+        self,
+    ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
+        self.0
+    }
 }
 
 /// A `Clone` task: each attempt runs a clone.
@@ -270,6 +282,12 @@ impl<T: IntoBackgroundTask<M> + Clone, M: 'static> Attempts for Cloned<T, M> {
         &mut self,
     ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
         Some(self.task.clone().into_work())
+    }
+
+    fn into_single_attempt(
+        self,
+    ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
+        Some(self.task.into_work())
     }
 }
 
@@ -287,6 +305,12 @@ where
 {
     fn next_attempt(
         &mut self,
+    ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
+        Some((self.make)().into_work())
+    }
+
+    fn into_single_attempt(
+        self,
     ) -> Option<impl Future<Output = Result<(), BoxError>> + Send + 'static> {
         Some((self.make)().into_work())
     }
@@ -393,6 +417,18 @@ pub(crate) enum TaskName {
 }
 
 impl TaskName {
+    /// `==`, with a pointer comparison first: the names a thread sees again
+    /// are usually the very same strings.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn same(&self, other: &TaskName) -> bool {
+        let (mine, theirs) = match (self, other) {
+            (TaskName::Given(a), TaskName::Given(b)) => (&**a, &**b),
+            (TaskName::Derived(a), TaskName::Derived(b)) => (*a, *b),
+            _ => return false,
+        };
+        std::ptr::eq(mine, theirs) || mine == theirs
+    }
+
     pub(crate) fn get(&self) -> Cow<'static, str> {
         match self {
             TaskName::Given(name) => name.clone(),

@@ -65,9 +65,9 @@ pub(crate) struct TaskCell {
     token: OnceLock<CancellationToken>,
     /// Set once, by whoever moves the state to `FINISHING`.
     outcome: OnceLock<Result<(), TaskError>>,
-    /// Set once, at registration: the task's metric handles.
+    /// The task's metric handles.
     #[cfg(feature = "metrics")]
-    instruments: OnceLock<Arc<crate::metrics::TaskInstruments>>,
+    instruments: Arc<crate::metrics::TaskInstruments>,
     /// Wakes handle futures on start and on end; only rung once one is
     /// `watched` (most tasks are never awaited).
     notify: Notify,
@@ -87,6 +87,8 @@ pub(crate) struct NewTask {
 
 impl TaskCell {
     pub(crate) fn new(task: NewTask) -> Self {
+        #[cfg(feature = "metrics")]
+        let instruments = task.shared.instruments.for_task(&task.name, task.phase);
         TaskCell {
             shared: task.shared,
             id: task.id,
@@ -106,7 +108,7 @@ impl TaskCell {
             token: OnceLock::new(),
             outcome: OnceLock::new(),
             #[cfg(feature = "metrics")]
-            instruments: OnceLock::new(),
+            instruments,
             notify: Notify::new(),
             watched: AtomicBool::new(false),
         }
@@ -115,13 +117,6 @@ impl TaskCell {
     /// The task's name (derived from its type when it was given none).
     pub(crate) fn name(&self) -> Cow<'static, str> {
         self.name.get()
-    }
-
-    /// The task's name as given, or as the type path it is derived from
-    /// (a cheap key: nothing parsed).
-    #[cfg(feature = "metrics")]
-    pub(crate) fn name_key(&self) -> &TaskName {
-        &self.name
     }
 
     /// A snapshot for handlers, handles and reports.
@@ -150,11 +145,11 @@ impl TaskCell {
             .is_ok();
         if won {
             counters.started();
-            let nanos =
-                u64::try_from(self.scheduled_at.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            let waited = self.scheduled_at.elapsed();
+            let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX - 1);
             self.started.store(nanos + 1, Ordering::SeqCst);
             self.attempts.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::started(self);
+            crate::metrics::started(self, waited);
             self.wake_watchers();
         }
         won
@@ -207,16 +202,10 @@ impl TaskCell {
         self.wake_watchers();
     }
 
-    /// The task's metric handles, once registered.
+    /// The task's metric handles.
     #[cfg(feature = "metrics")]
-    pub(crate) fn instruments(&self) -> Option<&crate::metrics::TaskInstruments> {
-        self.instruments.get().map(|instruments| &**instruments)
-    }
-
-    /// Looks up (or registers) the task's metric handles.
-    #[cfg(feature = "metrics")]
-    pub(crate) fn attach_instruments(&self) {
-        let _ = self.instruments.set(self.shared.instruments.for_task(self));
+    pub(crate) fn instruments(&self) -> &crate::metrics::TaskInstruments {
+        &self.instruments
     }
 
     /// When the task started, if it has.

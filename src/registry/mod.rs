@@ -60,8 +60,6 @@ impl Registry {
         // Relaxed: the count is only read as "zero or not" after a Release decrement.
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.tasks.insert(cell.id, Arc::clone(cell));
-        #[cfg(feature = "metrics")]
-        cell.attach_instruments();
         crate::metrics::scheduled(cell);
     }
 
