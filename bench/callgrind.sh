@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Instructions per task (BENCHMARKS.md, "Current figures" and "Metrics on"),
+# counted by valgrind's callgrind, which is repeatable whatever else the
+# machine is doing.
+#
+#   bench/callgrind.sh
+#
+# Runs examples/cost_probe.rs at N = 20,000 and N = 100,000 trivial tasks and
+# prints (Ir(100k) - Ir(20k)) / 80,000, counting only what runs inside the
+# runtime's `block_on` (start-up, the runtime's build and the recorder's
+# install are left out), for: bare tokio::spawn; the crate without features;
+# the crate with `metrics` and no recorder; the crate with `metrics` and
+# metrics-exporter-prometheus installed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v valgrind >/dev/null || ! command -v callgrind_annotate >/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "valgrind is missing; install it as root: apt-get install -y valgrind" >&2
+        exit 1
+    fi
+    apt-get install -y valgrind >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y valgrind >/dev/null; }
+fi
+
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+target="${CARGO_TARGET_DIR:-target}"
+
+build() { # feature-args... -> copies the probe to $out/probe-$label
+    local label="$1"
+    shift
+    cargo build --quiet --release --example cost_probe "$@"
+    cp "$target/release/examples/cost_probe" "$out/probe-$label"
+}
+build off
+build metrics --features metrics
+
+# Instructions inside block_on for one run: label binary variant recorder N.
+instructions() {
+    local file="$out/$1.$5.callgrind"
+    valgrind --tool=callgrind --callgrind-out-file="$file" "$out/probe-$2" "$3" "$4" "$5" >/dev/null 2>&1
+    callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$file" |
+        awk '!found && /Runtime::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
+}
+
+printf '%-44s %12s %12s\n' configuration "Ir/task" "vs crate"
+base=""
+while read -r label binary variant recorder; do
+    small="$(instructions "$label" "$binary" "$variant" "$recorder" 20000)"
+    large="$(instructions "$label" "$binary" "$variant" "$recorder" 100000)"
+    per_task="$(( (large - small) / 80000 ))"
+    [ "$label" = crate ] && base="$per_task"
+    ratio="-"
+    [ -n "$base" ] && ratio="$(awk -v a="$per_task" -v b="$base" 'BEGIN { printf "%.3fx", a / b }')"
+    printf '%-44s %12s %12s\n' "$label" "$per_task" "$ratio"
+done <<'RUNS'
+bare off bare none
+crate off crate none
+crate+metrics,no-recorder metrics crate none
+crate+metrics,prometheus metrics crate prometheus
+RUNS
+echo "command: bench/callgrind.sh (valgrind --tool=callgrind, inside block_on, (N=100k - N=20k) / 80k)"

@@ -1,0 +1,86 @@
+//! The per-task instruction probe behind `bench/callgrind.sh`: schedules `N`
+//! trivial `async {}` tasks on a current-thread runtime, in batches of 1,000,
+//! each batch awaited (`wait_idle` for the crate, the join handles for bare
+//! `tokio::spawn`). Under `valgrind --tool=callgrind` the difference between
+//! two values of `N` is the cost per task, free of start-up costs.
+//!
+//! ```sh
+//! cargo run --release --example cost_probe -- crate none 100000
+//! cargo run --release --features metrics --example cost_probe -- crate prometheus 100000
+//! ```
+//!
+//! Arguments: `bare` or `crate`; the metrics recorder, `none` or (with the
+//! `metrics` feature) `prometheus`; the number of tasks; optionally `multi`,
+//! for a multi-thread runtime with 2 workers (the benches' runtime) with the
+//! batches scheduled from a task on it, for a wall-time profile:
+//!
+//! ```sh
+//! perf record -e cpu-clock -F 4000 -g target/release/examples/cost_probe crate none 3000000 multi
+//! ```
+
+use axum_background::Background;
+
+const BATCH: usize = 1_000;
+
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut args = std::env::args().skip(1);
+    let variant = args.next().unwrap_or_else(|| "crate".into());
+    let recorder = args.next().unwrap_or_else(|| "none".into());
+    let tasks: usize = args.next().map_or(Ok(100_000), |n| n.parse())?;
+
+    // Kept for the whole run, so that every task records into it.
+    #[cfg(feature = "metrics")]
+    let _prometheus = match recorder.as_str() {
+        "none" => None,
+        "prometheus" => {
+            Some(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?)
+        }
+        other => return Err(format!("unknown recorder {other:?}: none or prometheus").into()),
+    };
+    #[cfg(not(feature = "metrics"))]
+    if recorder != "none" {
+        return Err("a recorder needs the `metrics` feature".into());
+    }
+
+    let runtime = match args.next().as_deref() {
+        None | Some("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some("multi") => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+        Some(other) => return Err(format!("unknown runtime {other:?}: current or multi").into()),
+    };
+    let run = async move {
+        match variant.as_str() {
+            "bare" => {
+                let mut handles = Vec::with_capacity(BATCH);
+                for _ in 0..tasks / BATCH {
+                    handles.extend((0..BATCH).map(|_| tokio::spawn(async {})));
+                    for handle in handles.drain(..) {
+                        handle.await?;
+                    }
+                }
+            }
+            "crate" => {
+                let background = Background::new();
+                for _ in 0..tasks / BATCH {
+                    for _ in 0..BATCH {
+                        drop(background.schedule(async {}));
+                    }
+                    background.wait_idle().await;
+                }
+                let stats = background.stats();
+                if stats.completed != (tasks / BATCH * BATCH) as u64 {
+                    return Err(format!("only {} tasks completed", stats.completed).into());
+                }
+            }
+            other => return Err(format!("unknown variant {other:?}: bare or crate").into()),
+        }
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    // On a task, so that a multi-thread runtime's workers share the work.
+    runtime.block_on(runtime.spawn(run))??;
+    Ok(())
+}
