@@ -325,9 +325,13 @@ impl Shared {
         // Claim first, then signal: the task's runner must find the outcome taken.
         match cell.try_finish(Err(TaskError::Cancelled)) {
             Some(true) if cell.mode == ModeKind::Async => {
-                // Its runner reports once the future is dropped.
-                cell.delegate_report();
+                // Its runner reports once the future is dropped, unless its
+                // work ended as this claim was made and the runner is gone.
+                let report_here = cell.delegate_report();
                 cell.request_cancel();
+                if report_here {
+                    self.report_dropped(cell, true);
+                }
                 CancelOutcome::Cancelled
             }
             Some(was_started) => {

@@ -160,3 +160,32 @@ async fn cancelling_an_ended_or_unknown_task_says_so() {
     assert_eq!(background.stats().completed, 1);
     assert_eq!(background.stats().cancelled, 0);
 }
+
+/// Cancels racing the end of the work, many times over: each task ends once,
+/// as completed or as cancelled (its handler told), and none is left in
+/// flight. (A cancel that claims a task just as its work returns leaves the
+/// report to a runner that may already be gone; then the canceller reports.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_racing_the_end_of_the_work_end_each_task_once() {
+    const TASKS: u64 = 2_000;
+    let (background, handler_saw) = counting_background();
+    let mut cancelled = 0;
+    for _ in 0..TASKS {
+        let handle = background.schedule(tokio::task::yield_now());
+        // Once a worker has picked it up, race its end.
+        within("the task to start", async {
+            while !handle.is_started() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        if handle.cancel().is_cancelled() {
+            cancelled += 1;
+        }
+    }
+    within("every task to end", background.wait_idle()).await;
+    let stats = background.stats();
+    assert_eq!(stats.completed + stats.cancelled, TASKS, "{stats:?}");
+    assert_eq!(stats.cancelled, cancelled, "{stats:?}");
+    assert_eq!(handler_saw.load(Ordering::SeqCst) as u64, cancelled);
+}

@@ -57,8 +57,12 @@ pub(crate) struct TaskCell {
     cancel_requested: AtomicBool,
     /// Set when a canceller claimed a running async task's end but left the
     /// report to its runner, so that the future is dropped before the outcome
-    /// is published. Taken once, by the runner or by its membership's drop.
+    /// is published. Taken once: by the runner, by its membership's drop, or
+    /// by the canceller itself if the runner was already gone.
     delegated: AtomicBool,
+    /// Set when the task's membership is dropped: no runner is left to take
+    /// a delegated report.
+    runner_gone: AtomicBool,
     /// The running future's waker, woken by `request_cancel`.
     waker: AtomicWaker,
     /// `Some` once the task has asked for a token (see `TaskContext`).
@@ -104,6 +108,7 @@ impl TaskCell {
             attempts: AtomicU32::new(0),
             cancel_requested: AtomicBool::new(false),
             delegated: AtomicBool::new(false),
+            runner_gone: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             token: OnceLock::new(),
             outcome: OnceLock::new(),
@@ -284,15 +289,27 @@ impl TaskCell {
         token
     }
 
-    /// Leaves the report of a claimed end to the task's runner.
-    pub(crate) fn delegate_report(&self) {
-        // Release: the runner, woken by `request_cancel`, takes it with Acquire.
-        self.delegated.store(true, Ordering::Release);
+    /// Leaves the report of a claimed end to the task's runner. Returns
+    /// whether the caller must report after all: the runner was gone (its
+    /// work ended at the same moment) and nobody else took the report.
+    pub(crate) fn delegate_report(&self) -> bool {
+        // SeqCst, paired with `runner_leaves`: either the runner's last take
+        // sees this flag, or this load sees the runner gone (or both; the
+        // swap in `take_delegated_report` lets one of them report).
+        self.delegated.store(true, Ordering::SeqCst);
+        self.runner_gone.load(Ordering::SeqCst) && self.take_delegated_report()
     }
 
     /// Whether this caller must report a claimed end (true at most once).
     pub(crate) fn take_delegated_report(&self) -> bool {
-        self.delegated.swap(false, Ordering::AcqRel)
+        self.delegated.swap(false, Ordering::SeqCst)
+    }
+
+    /// The runner is gone: returns whether it must still report a delegated
+    /// end (see `delegate_report`).
+    pub(crate) fn runner_leaves(&self) -> bool {
+        self.runner_gone.store(true, Ordering::SeqCst);
+        self.take_delegated_report()
     }
 
     pub(crate) fn is_cancel_requested(&self) -> bool {
@@ -334,7 +351,7 @@ impl Drop for Membership {
     fn drop(&mut self) {
         if let Some(was_started) = self.cell.try_finish(Err(TaskError::Cancelled)) {
             self.cell.shared.report_dropped(&self.cell, was_started);
-        } else if self.cell.take_delegated_report() {
+        } else if self.cell.runner_leaves() {
             self.cell.shared.report_dropped(&self.cell, true);
         }
     }
