@@ -1,15 +1,24 @@
 //! [`TaskContext`]: what a running task can learn about itself.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use pin_project_lite::pin_project;
 use tokio_util::sync::CancellationToken;
 
 use crate::TaskInfo;
 use crate::registry::TaskCell;
 
-tokio::task_local! {
-    static CURRENT: Arc<TaskCell>;
+thread_local! {
+    /// The task being polled (or run, for a sync task) on this thread. A
+    /// plain thread-local set around each poll, rather than tokio's
+    /// `task_local!`, whose future keeps a second reference and the key in
+    /// every task's state: the runner already holds the task's cell.
+    static CURRENT: RefCell<Option<Arc<TaskCell>>> = const { RefCell::new(None) };
 }
 
 /// The running task, seen from inside: its info and its cancellation.
@@ -47,10 +56,10 @@ impl TaskContext {
     /// thread), or `None` outside a task.
     pub fn current() -> Option<TaskContext> {
         CURRENT
-            .try_with(|cell| TaskContext {
-                cell: Arc::clone(cell),
-            })
+            .try_with(|current| current.borrow().clone())
             .ok()
+            .flatten()
+            .map(|cell| TaskContext { cell })
     }
 
     /// A snapshot of the task.
@@ -80,10 +89,60 @@ impl fmt::Debug for TaskContext {
     }
 }
 
+/// Calls `f` with `cell` as the current task on this thread; the previous
+/// one is back when `f` returns or unwinds.
+pub(crate) fn enter<R>(cell: &Arc<TaskCell>, f: impl FnOnce() -> R) -> R {
+    /// Puts the previous task back, on return and on unwind alike.
+    struct Restore(Option<Arc<TaskCell>>);
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            // A thread being torn down has no current task to restore.
+            let _ = CURRENT.try_with(|current| *current.borrow_mut() = previous);
+        }
+    }
+
+    let previous = CURRENT.try_with(|current| current.replace(Some(Arc::clone(cell))));
+    let _restore = previous.ok().map(Restore);
+    f()
+}
+
+pin_project! {
+    /// `work`, polled and dropped with `cell` as the current task.
+    pub(crate) struct Scoped<F> {
+        cell: Arc<TaskCell>,
+        #[pin]
+        work: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Scoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let mut work = this.work;
+            enter(this.cell, || work.set(None));
+        }
+    }
+}
+
 /// Runs `work` with `cell` as the current task.
-pub(crate) fn scope<F: std::future::Future>(
-    cell: Arc<TaskCell>,
-    work: F,
-) -> tokio::task::futures::TaskLocalFuture<Arc<TaskCell>, F> {
-    CURRENT.scope(cell, work)
+pub(crate) fn scope<F: Future>(cell: Arc<TaskCell>, work: F) -> Scoped<F> {
+    Scoped {
+        cell,
+        work: Some(work),
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let work = this.work;
+        // `work` is `None` only inside `drop`.
+        enter(this.cell, || {
+            work.as_pin_mut()
+                .map_or(Poll::Pending, |work| work.poll(cx))
+        })
+    }
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::task::futures::TaskLocalFuture;
 use tracing::Span;
 
 use crate::BoxError;
@@ -176,14 +175,14 @@ impl<A: Attempts> Job<A> {
             Some(Permit::Held(permit)) => Some(permit),
             _ => None,
         };
-        let cell = &self.membership.cell;
-        let work = self.attempts.into_single_attempt().map(|work| {
-            crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind())
-        });
+        let stage = match self.attempts.into_single_attempt() {
+            Some(work) => Stage::Work {
+                work: AssertUnwindSafe(work).catch_unwind(),
+            },
+            None => Stage::Done,
+        };
         SimpleRun {
-            work,
-            report: None,
-            started: false,
+            stage,
             membership: self.membership,
             _slot: slot,
         }
@@ -195,21 +194,45 @@ impl<A: Attempts> Job<A> {
 type Report = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pin_project! {
+    /// Where a [`SimpleRun`] is: its work, then (after a failure) its report.
+    #[project = StageProj]
+    enum Stage<W> {
+        Work {
+            #[pin]
+            work: CatchUnwind<AssertUnwindSafe<W>>,
+        },
+        Reporting {
+            report: Report,
+        },
+        Done,
+    }
+}
+
+pin_project! {
     /// The future of a task that runs once, without a deadline or a slot to
     /// wait for: start it, poll its work (dropped if the task is cancelled
-    /// first), report the outcome. Written out by hand because a chain of
-    /// `async fn`s kept the task's own future up to four times over in its
-    /// state (each argument moved into the next call keeps its place).
+    /// first), report the outcome. Written out by hand, and small: an `async
+    /// fn` chain kept the task's own future up to four times over in its
+    /// state (each argument moved into the next call keeps its place), and
+    /// tokio's task-local scope a second reference to the cell.
     pub(crate) struct SimpleRun<W> {
-        // Fields drop in this order: the work before the membership, so that
-        // a task dropped by its runtime is reported after its work is gone.
         #[pin]
-        work: Option<TaskLocalFuture<Arc<TaskCell>, CatchUnwind<AssertUnwindSafe<W>>>>,
-        report: Option<Report>,
-        started: bool,
+        stage: Stage<W>,
         membership: Membership,
         // Held until the task has been reported.
         _slot: Option<OwnedSemaphorePermit>,
+    }
+
+    impl<W> PinnedDrop for SimpleRun<W> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped by its runtime before the end: the work goes first,
+            // with its task current, then the membership reports the task.
+            let this = this.project();
+            let mut stage = this.stage;
+            if !matches!(stage.as_mut().project(), StageProj::Done) {
+                crate::context::enter(&this.membership.cell, || stage.set(Stage::Done));
+            }
+        }
     }
 }
 
@@ -220,39 +243,42 @@ where
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        if let Some(report) = this.report {
+        let this = self.project();
+        let mut stage = this.stage;
+        let cell = &this.membership.cell;
+        if let StageProj::Reporting { report } = stage.as_mut().project() {
             ready!(report.as_mut().poll(cx));
-            *this.report = None;
+            stage.set(Stage::Done);
             return Poll::Ready(());
         }
-        let cell = &this.membership.cell;
-        if !*this.started {
-            *this.started = true;
-            if !cell.try_start(&cell.shared.registry.counters) {
-                // Ended while queued (cancelled at shutdown): already reported.
-                this.work.set(None);
-                return Poll::Ready(());
-            }
+        // Only this runner starts the task, so "not started" means "not yet".
+        if !cell.is_started() && !cell.try_start(&cell.shared.registry.counters) {
+            // Ended while queued (cancelled at shutdown): already reported.
+            crate::context::enter(cell, || stage.set(Stage::Done));
+            return Poll::Ready(());
         }
-        let outcome = match this.work.as_mut().as_pin_mut() {
-            None => Err(TaskError::Cancelled),
-            // A running sync task cannot be interrupted: its cancellation is a
-            // signal it observes through `TaskContext`, not a drop at an `.await`.
-            Some(_) if cell.mode == ModeKind::Async && cell.poll_cancelled(cx).is_ready() => {
-                Err(TaskError::Cancelled)
-            }
-            Some(work) => classify(Some(ready!(work.poll(cx)))),
-        };
-        // The work is dropped before its outcome is published.
-        this.work.set(None);
+        // A running sync task cannot be interrupted: its cancellation is a
+        // signal it observes through `TaskContext`, not a drop at an `.await`.
+        let cancelled = cell.mode == ModeKind::Async && cell.poll_cancelled(cx).is_ready();
+        // The work is polled, and dropped once it is over (before its outcome
+        // is published), with its task current.
+        let outcome = ready!(crate::context::enter(cell, || {
+            let outcome = match stage.as_mut().project() {
+                StageProj::Work { .. } if cancelled => Err(TaskError::Cancelled),
+                StageProj::Work { work } => classify(Some(ready!(work.poll(cx)))),
+                // No attempt could be made, or polled again after the end.
+                StageProj::Reporting { .. } | StageProj::Done => Err(TaskError::Cancelled),
+            };
+            stage.set(Stage::Done);
+            Poll::Ready(outcome)
+        }));
         match finish_now(cell, outcome) {
             None => Poll::Ready(()),
             Some(mut report) => {
                 if report.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
-                *this.report = Some(report);
+                stage.set(Stage::Reporting { report });
                 Poll::Pending
             }
         }
@@ -570,9 +596,10 @@ mod tests {
     fn a_simple_task_keeps_its_future_once() {
         let work = std::mem::size_of::<Large>();
         let run = size_of_output(&Job::<Once<Large>>::run_simple);
-        // An `async fn` chain held this future four times over (1,408 bytes).
+        // An `async fn` chain held this future four times over (1,408 bytes);
+        // around it now: the stage, the membership and a slot (32 bytes).
         assert!(
-            run <= work + 128,
+            run <= work + 48,
             "the runner of a {work}-byte future takes {run} bytes"
         );
     }

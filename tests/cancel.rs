@@ -189,3 +189,39 @@ async fn cancels_racing_the_end_of_the_work_end_each_task_once() {
     assert_eq!(stats.cancelled, cancelled, "{stats:?}");
     assert_eq!(handler_saw.load(Ordering::SeqCst) as u64, cancelled);
 }
+
+/// Says which task is current when it is dropped.
+struct DropWitness(Option<oneshot::Sender<Option<TaskId>>>);
+
+impl Drop for DropWitness {
+    fn drop(&mut self) {
+        if let Some(tell) = self.0.take() {
+            let _ = tell.send(TaskContext::current().map(|context| context.info().id));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_task_is_current_while_it_runs_and_while_its_future_is_dropped() {
+    let background = Background::new();
+    let (running_tell, running_as) = oneshot::channel();
+    let (dropped_tell, dropped_as) = oneshot::channel();
+    let handle = background.schedule(async move {
+        let _witness = DropWitness(Some(dropped_tell));
+        let _ = running_tell.send(TaskContext::current().map(|context| context.info().id));
+        std::future::pending::<()>().await;
+    });
+    let running_as = within("the task to run", running_as).await.unwrap();
+    assert_eq!(running_as, Some(handle.id()));
+    assert!(TaskContext::current().is_none(), "the test is not a task");
+
+    assert!(handle.cancel().is_cancelled());
+    let dropped_as = within("its future to be dropped", dropped_as)
+        .await
+        .unwrap();
+    assert_eq!(dropped_as, Some(handle.id()));
+    assert!(
+        TaskContext::current().is_none(),
+        "the test is still not a task"
+    );
+}
