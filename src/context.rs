@@ -98,8 +98,10 @@ pub(crate) fn enter<R>(cell: &Arc<TaskCell>, f: impl FnOnce() -> R) -> R {
     impl Drop for Restore {
         fn drop(&mut self) {
             let previous = self.0.take();
-            // A thread being torn down has no current task to restore.
-            let _ = CURRENT.try_with(|current| *current.borrow_mut() = previous);
+            // A thread being torn down has no current task to restore. The
+            // task's reference is dropped after the cell is released.
+            let ours = CURRENT.try_with(|current| current.replace(previous));
+            drop(ours);
         }
     }
 
