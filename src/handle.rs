@@ -54,7 +54,9 @@ impl TaskHandle {
 
     /// The outcome, if the task has ended.
     pub fn try_outcome(&self) -> Option<Result<(), TaskError>> {
-        self.cell.outcome().cloned()
+        self.cell
+            .outcome()
+            .map(|outcome| outcome.map_err(TaskError::clone))
     }
 
     /// Resolves when the task starts, or when it ends without starting
@@ -138,7 +140,7 @@ impl Future for Outcome<'_> {
         let mut this = self.project();
         loop {
             if let Some(outcome) = this.cell.outcome() {
-                return Poll::Ready(outcome.clone());
+                return Poll::Ready(outcome.map_err(TaskError::clone));
             }
             ready!(this.notified.as_mut().poll(cx));
             this.notified.set(this.cell.notified());
