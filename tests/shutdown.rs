@@ -1045,3 +1045,32 @@ async fn stress_every_task_is_accounted_for_exactly_once() {
     let overdue = listed.values().filter(|list| **list == "overdue").count();
     assert!(overdue > 0, "some shielded slow tasks were in flight");
 }
+
+/// Two shutdowns at once (the second waits task by task): both wait for the
+/// shielded task and both report it completed.
+#[tokio::test]
+async fn two_shutdowns_at_once_both_wait_for_a_shielded_task() {
+    let background = Background::new();
+    let gate = Arc::new(Notify::new());
+    let shielded = background.task().shield(true).build().schedule({
+        let gate = Arc::clone(&gate);
+        async move { gate.notified().await }
+    });
+    within("shielded started", shielded.started()).await;
+
+    let mut first = task::spawn(background.shutdown(Duration::from_secs(10)));
+    let mut second = task::spawn(background.shutdown(Duration::from_secs(10)));
+    assert_pending!(first.poll());
+    assert_pending!(second.poll());
+
+    gate.notify_one();
+    let first = within("the first shutdown", &mut first).await;
+    let second = within("the second shutdown", &mut second).await;
+    for report in [&first, &second] {
+        assert_eq!(ids(&report.completed), [shielded.id()], "{report:?}");
+        assert!(
+            report.cancelled.is_empty() && report.overdue.is_empty(),
+            "{report:?}"
+        );
+    }
+}

@@ -28,6 +28,14 @@ const FINISHING: u8 = 2;
 /// Its outcome is published and it has left the registry.
 const ENDED: u8 = 3;
 
+/// `TaskCell::outcome`: not decided yet.
+const OUTCOME_UNDECIDED: u8 = 0;
+const OUTCOME_COMPLETED: u8 = 1;
+const OUTCOME_CANCELLED: u8 = 2;
+const OUTCOME_TIMED_OUT: u8 = 3;
+/// Any other error: in `TaskCell::error`.
+const OUTCOME_ERROR: u8 = 4;
+
 /// What the registry, the task's handle and its runner share.
 ///
 /// `state` only moves forward: `QUEUED -> RUNNING -> FINISHING -> ENDED`, or
@@ -63,12 +71,20 @@ pub(crate) struct TaskCell {
     /// Set when the task's membership is dropped: no runner is left to take
     /// a delegated report.
     runner_gone: AtomicBool,
+    /// Set while a shutdown counts this task among those it waits for (see
+    /// `Registry::shutdown_awaits`); taken once, at the end it counts.
+    awaited: AtomicBool,
     /// The running future's waker, woken by `request_cancel`.
     waker: AtomicWaker,
 
-    /// Set once, by whoever moves the state to `FINISHING`. The error is
-    /// boxed: most tasks succeed, and this keeps the cell 16 bytes smaller.
-    outcome: OnceLock<Result<(), Box<TaskError>>>,
+    /// Set once, by whoever moves the state to `FINISHING`: one of the
+    /// `OUTCOME_*` kinds. Completed, cancelled and timed-out tasks need
+    /// nothing more; any other error is in `error`.
+    outcome: AtomicU8,
+    /// The error of an outcome of kind `OUTCOME_ERROR` (boxed: most tasks
+    /// succeed or are cancelled, and an inline `TaskError` would add 16
+    /// bytes to every cell).
+    error: OnceLock<Box<TaskError>>,
     /// The task's metric handles.
     #[cfg(feature = "metrics")]
     instruments: Arc<crate::metrics::TaskInstruments>,
@@ -118,8 +134,10 @@ impl TaskCell {
             cancel_requested: AtomicBool::new(false),
             delegated: AtomicBool::new(false),
             runner_gone: AtomicBool::new(false),
+            awaited: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-            outcome: OnceLock::new(),
+            outcome: AtomicU8::new(OUTCOME_UNDECIDED),
+            error: OnceLock::new(),
             #[cfg(feature = "metrics")]
             instruments,
             extras: OnceLock::new(),
@@ -184,8 +202,7 @@ impl TaskCell {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    // Only the claimant sets it: `set` cannot fail here.
-                    let _ = self.outcome.set(outcome.map_err(Box::new));
+                    self.set_outcome(outcome);
                     return Some(current == RUNNING);
                 }
                 Err(actual) => current = actual,
@@ -201,9 +218,25 @@ impl TaskCell {
             .compare_exchange(QUEUED, FINISHING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if claimed {
-            let _ = self.outcome.set(outcome.map_err(Box::new));
+            self.set_outcome(outcome);
         }
         claimed
+    }
+
+    /// Records the outcome; only the claimant of `FINISHING` calls it.
+    fn set_outcome(&self, outcome: Result<(), TaskError>) {
+        let kind = match outcome {
+            Ok(()) => OUTCOME_COMPLETED,
+            Err(TaskError::Cancelled) => OUTCOME_CANCELLED,
+            Err(TaskError::TimedOut) => OUTCOME_TIMED_OUT,
+            Err(error) => {
+                // Only the claimant sets it: `set` cannot fail here.
+                let _ = self.error.set(Box::new(error));
+                OUTCOME_ERROR
+            }
+        };
+        // Release: a reader that sees the kind sees the error.
+        self.outcome.store(kind, Ordering::Release);
     }
 
     /// Marks the task ended, once its outcome has been reported, and wakes
@@ -279,9 +312,14 @@ impl TaskCell {
 
     /// The outcome as soon as it is decided (its handler may still be running).
     pub(crate) fn decided_outcome(&self) -> Option<Result<(), &TaskError>> {
-        match self.outcome.get()? {
-            Ok(()) => Some(Ok(())),
-            Err(error) => Some(Err(error)),
+        static CANCELLED: TaskError = TaskError::Cancelled;
+        static TIMED_OUT: TaskError = TaskError::TimedOut;
+        match self.outcome.load(Ordering::Acquire) {
+            OUTCOME_COMPLETED => Some(Ok(())),
+            OUTCOME_CANCELLED => Some(Err(&CANCELLED)),
+            OUTCOME_TIMED_OUT => Some(Err(&TIMED_OUT)),
+            OUTCOME_ERROR => self.error.get().map(|error| Err(&**error)),
+            _ => None,
         }
     }
 
@@ -327,6 +365,21 @@ impl TaskCell {
     /// Whether this caller must report a claimed end (true at most once).
     pub(crate) fn take_delegated_report(&self) -> bool {
         self.delegated.swap(false, Ordering::SeqCst)
+    }
+
+    /// Marks the task as awaited by a shutdown; returns whether the caller
+    /// must count its end itself (it had ended, and nobody counted it).
+    pub(crate) fn await_end(&self) -> bool {
+        // SeqCst, paired with `counts_end`: either the task's end sees this
+        // flag, or this check sees the end (the swap lets one of them count).
+        self.awaited.store(true, Ordering::SeqCst);
+        self.is_ended() && self.awaited.swap(false, Ordering::SeqCst)
+    }
+
+    /// At the task's end (after `publish`): whether this end must be counted
+    /// for a shutdown that awaits it.
+    pub(crate) fn counts_end(&self) -> bool {
+        self.awaited.load(Ordering::SeqCst) && self.awaited.swap(false, Ordering::SeqCst)
     }
 
     /// The runner is gone: returns whether it must still report a delegated
