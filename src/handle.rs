@@ -54,9 +54,7 @@ impl TaskHandle {
 
     /// The outcome, if the task has ended.
     pub fn try_outcome(&self) -> Option<Result<(), TaskError>> {
-        self.cell
-            .outcome()
-            .map(|outcome| outcome.map_err(TaskError::clone))
+        self.cell.outcome().cloned()
     }
 
     /// Resolves when the task starts, or when it ends without starting
@@ -140,7 +138,7 @@ impl Future for Outcome<'_> {
         let mut this = self.project();
         loop {
             if let Some(outcome) = this.cell.outcome() {
-                return Poll::Ready(outcome.map_err(TaskError::clone));
+                return Poll::Ready(outcome.clone());
             }
             ready!(this.notified.as_mut().poll(cx));
             this.notified.set(this.cell.notified());

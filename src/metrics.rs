@@ -155,7 +155,7 @@ mod enabled {
 
     /// The position of `outcome`'s label in `OUTCOMES` (no ending outcome
     /// means the task was cancelled).
-    pub(super) fn outcome_index(outcome: Option<Result<(), &crate::TaskError>>) -> usize {
+    pub(super) fn outcome_index(outcome: Option<&Result<(), crate::TaskError>>) -> usize {
         use crate::TaskError;
         match outcome {
             Some(Ok(())) => 0,
@@ -168,7 +168,7 @@ mod enabled {
     }
 
     #[cfg(test)]
-    pub(super) fn outcome_label(outcome: Option<Result<(), &crate::TaskError>>) -> &'static str {
+    pub(super) fn outcome_label(outcome: Option<&Result<(), crate::TaskError>>) -> &'static str {
         OUTCOMES[outcome_index(outcome)]
     }
 }
@@ -202,7 +202,7 @@ pub(crate) fn started(cell: &TaskCell, waited: std::time::Duration) {
 
 /// A task ended with `outcome`; `was_started` says whether it ran.
 #[inline]
-pub(crate) fn ended(cell: &TaskCell, was_started: bool, outcome: Option<Result<(), &TaskError>>) {
+pub(crate) fn ended(cell: &TaskCell, was_started: bool, outcome: Option<&Result<(), TaskError>>) {
     #[cfg(feature = "metrics")]
     {
         let instruments = cell.instruments();
@@ -235,13 +235,12 @@ mod tests {
             TaskError::Cancelled,
             TaskError::Rejected(RejectReason::ShuttingDown),
         ];
-        assert_eq!(super::enabled::outcome_label(Some(Ok(()))), "completed");
+        assert_eq!(super::enabled::outcome_label(Some(&Ok(()))), "completed");
         assert_eq!(super::enabled::outcome_label(None), "cancelled");
-        for error in &errors {
-            assert_eq!(
-                super::enabled::outcome_label(Some(Err(error))),
-                error.kind()
-            );
+        for error in errors {
+            let outcome = Err(error);
+            let error = outcome.as_ref().unwrap_err();
+            assert_eq!(super::enabled::outcome_label(Some(&outcome)), error.kind());
         }
     }
 }

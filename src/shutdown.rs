@@ -259,20 +259,10 @@ impl Background {
         // Wait for every task to end, up to the deadline. Past it, a task
         // still running or waiting is cancelled and overdue; one whose
         // outcome is decided but whose handler is still running is not.
-        match shared.registry.shutdown_awaits(&cells) {
-            Some(all_ended) => {
-                let _ = tokio::time::timeout_at(deadline, all_ended).await;
-            }
-            // A second shutdown: waits task by task.
-            None => {
-                for cell in &cells {
-                    let _ = tokio::time::timeout_at(deadline, cell_ended(cell)).await;
-                }
-            }
-        }
         let mut overdue = HashSet::new();
         for cell in &cells {
-            if !cell.is_ended() {
+            let ended = tokio::time::timeout_at(deadline, cell_ended(cell)).await;
+            if ended.is_err() {
                 // Claim first, then signal: the task's own runner, woken by
                 // the signal, must find the outcome already taken.
                 let claimed = cell.try_finish(Err(TaskError::Cancelled));

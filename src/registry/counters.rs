@@ -82,7 +82,7 @@ impl Counters {
         self.running.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn ended(&self, was_started: bool, outcome: Result<(), &TaskError>) {
+    pub(crate) fn ended(&self, was_started: bool, outcome: &Result<(), TaskError>) {
         if was_started {
             self.running.fetch_sub(1, Ordering::Relaxed);
         } else {

@@ -28,14 +28,6 @@ const FINISHING: u8 = 2;
 /// Its outcome is published and it has left the registry.
 const ENDED: u8 = 3;
 
-/// `TaskCell::outcome`: not decided yet.
-const OUTCOME_UNDECIDED: u8 = 0;
-const OUTCOME_COMPLETED: u8 = 1;
-const OUTCOME_CANCELLED: u8 = 2;
-const OUTCOME_TIMED_OUT: u8 = 3;
-/// Any other error: in `TaskCell::error`.
-const OUTCOME_ERROR: u8 = 4;
-
 /// What the registry, the task's handle and its runner share.
 ///
 /// `state` only moves forward: `QUEUED -> RUNNING -> FINISHING -> ENDED`, or
@@ -71,36 +63,19 @@ pub(crate) struct TaskCell {
     /// Set when the task's membership is dropped: no runner is left to take
     /// a delegated report.
     runner_gone: AtomicBool,
-    /// Set while a shutdown counts this task among those it waits for (see
-    /// `Registry::shutdown_awaits`); taken once, at the end it counts.
-    awaited: AtomicBool,
     /// The running future's waker, woken by `request_cancel`.
     waker: AtomicWaker,
-
-    /// Set once, by whoever moves the state to `FINISHING`: one of the
-    /// `OUTCOME_*` kinds. Completed, cancelled and timed-out tasks need
-    /// nothing more; any other error is in `error`.
-    outcome: AtomicU8,
-    /// The error of an outcome of kind `OUTCOME_ERROR` (boxed: most tasks
-    /// succeed or are cancelled, and an inline `TaskError` would add 16
-    /// bytes to every cell).
-    error: OnceLock<Box<TaskError>>,
+    /// `Some` once the task has asked for a token (see `TaskContext`).
+    token: OnceLock<CancellationToken>,
+    /// Set once, by whoever moves the state to `FINISHING`.
+    outcome: OnceLock<Result<(), TaskError>>,
     /// The task's metric handles.
     #[cfg(feature = "metrics")]
     instruments: Arc<crate::metrics::TaskInstruments>,
-    /// What only some tasks need (a handle awaited, a token asked for), made
-    /// on first use: in every cell they would take 48 bytes, not 16.
-    extras: OnceLock<Box<Extras>>,
-    watched: AtomicBool,
-}
-
-/// The parts of a task's cell made on first use (see `TaskCell::extras`).
-#[derive(Default)]
-struct Extras {
-    /// Wakes handle futures on start and on end, once one is `watched`.
+    /// Wakes handle futures on start and on end; only rung once one is
+    /// `watched` (most tasks are never awaited).
     notify: Notify,
-    /// `Some` once the task has asked for a token (see `TaskContext`).
-    token: OnceLock<CancellationToken>,
+    watched: AtomicBool,
 }
 
 pub(crate) struct NewTask {
@@ -134,13 +109,12 @@ impl TaskCell {
             cancel_requested: AtomicBool::new(false),
             delegated: AtomicBool::new(false),
             runner_gone: AtomicBool::new(false),
-            awaited: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-            outcome: AtomicU8::new(OUTCOME_UNDECIDED),
-            error: OnceLock::new(),
+            token: OnceLock::new(),
+            outcome: OnceLock::new(),
             #[cfg(feature = "metrics")]
             instruments,
-            extras: OnceLock::new(),
+            notify: Notify::new(),
             watched: AtomicBool::new(false),
         }
     }
@@ -202,7 +176,8 @@ impl TaskCell {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.set_outcome(outcome);
+                    // Only the claimant sets it: `set` cannot fail here.
+                    let _ = self.outcome.set(outcome);
                     return Some(current == RUNNING);
                 }
                 Err(actual) => current = actual,
@@ -218,25 +193,9 @@ impl TaskCell {
             .compare_exchange(QUEUED, FINISHING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if claimed {
-            self.set_outcome(outcome);
+            let _ = self.outcome.set(outcome);
         }
         claimed
-    }
-
-    /// Records the outcome; only the claimant of `FINISHING` calls it.
-    fn set_outcome(&self, outcome: Result<(), TaskError>) {
-        let kind = match outcome {
-            Ok(()) => OUTCOME_COMPLETED,
-            Err(TaskError::Cancelled) => OUTCOME_CANCELLED,
-            Err(TaskError::TimedOut) => OUTCOME_TIMED_OUT,
-            Err(error) => {
-                // Only the claimant sets it: `set` cannot fail here.
-                let _ = self.error.set(Box::new(error));
-                OUTCOME_ERROR
-            }
-        };
-        // Release: a reader that sees the kind sees the error.
-        self.outcome.store(kind, Ordering::Release);
     }
 
     /// Marks the task ended, once its outcome has been reported, and wakes
@@ -262,29 +221,20 @@ impl TaskCell {
         }
     }
 
-    /// The extras, made now if this is their first use.
-    fn extras(&self) -> &Extras {
-        self.extras.get_or_init(Box::default)
-    }
-
     /// A future woken at the task's next start or end. Create it, then check
     /// the state, then await it: a change after the check is never missed.
     pub(crate) fn notified(&self) -> Notified<'_> {
-        // Made before the flag is set: a waker that sees the flag finds it.
-        let notify = &self.extras().notify;
         // SeqCst, paired with `wake_watchers`: either the waker sees this flag,
         // or the caller's check after it sees the change.
         self.watched.store(true, Ordering::SeqCst);
-        notify.notified()
+        self.notify.notified()
     }
 
     /// Wakes the futures from `notified`, if there are any. Called after a
     /// SeqCst write of what they check.
     fn wake_watchers(&self) {
         if self.watched.load(Ordering::SeqCst) {
-            if let Some(extras) = self.extras.get() {
-                extras.notify.notify_waiters();
-            }
+            self.notify.notify_waiters();
         }
     }
 
@@ -302,25 +252,17 @@ impl TaskCell {
     }
 
     /// The outcome, once the task has ended (its handler has returned).
-    pub(crate) fn outcome(&self) -> Option<Result<(), &TaskError>> {
+    pub(crate) fn outcome(&self) -> Option<&Result<(), TaskError>> {
         if self.is_ended() {
-            self.decided_outcome()
+            self.outcome.get()
         } else {
             None
         }
     }
 
     /// The outcome as soon as it is decided (its handler may still be running).
-    pub(crate) fn decided_outcome(&self) -> Option<Result<(), &TaskError>> {
-        static CANCELLED: TaskError = TaskError::Cancelled;
-        static TIMED_OUT: TaskError = TaskError::TimedOut;
-        match self.outcome.load(Ordering::Acquire) {
-            OUTCOME_COMPLETED => Some(Ok(())),
-            OUTCOME_CANCELLED => Some(Err(&CANCELLED)),
-            OUTCOME_TIMED_OUT => Some(Err(&TIMED_OUT)),
-            OUTCOME_ERROR => self.error.get().map(|error| Err(&**error)),
-            _ => None,
-        }
+    pub(crate) fn decided_outcome(&self) -> Option<&Result<(), TaskError>> {
+        self.outcome.get()
     }
 
     /// Asks the running future to stop at its next poll, and fires the
@@ -330,7 +272,7 @@ impl TaskCell {
         // SeqCst fence, paired with the one in `cancellation_token`: either
         // this sees the token, or the token's creator sees the flag.
         fence(Ordering::SeqCst);
-        if let Some(token) = self.extras.get().and_then(|extras| extras.token.get()) {
+        if let Some(token) = self.token.get() {
             token.cancel();
         }
         self.waker.wake();
@@ -339,11 +281,7 @@ impl TaskCell {
     /// The task's token, created on first use; already cancelled if the task
     /// was asked to stop before.
     pub(crate) fn cancellation_token(&self) -> CancellationToken {
-        let token = self
-            .extras()
-            .token
-            .get_or_init(CancellationToken::new)
-            .clone();
+        let token = self.token.get_or_init(CancellationToken::new).clone();
         fence(Ordering::SeqCst);
         if self.cancel_requested.load(Ordering::SeqCst) {
             token.cancel();
@@ -365,21 +303,6 @@ impl TaskCell {
     /// Whether this caller must report a claimed end (true at most once).
     pub(crate) fn take_delegated_report(&self) -> bool {
         self.delegated.swap(false, Ordering::SeqCst)
-    }
-
-    /// Marks the task as awaited by a shutdown; returns whether the caller
-    /// must count its end itself (it had ended, and nobody counted it).
-    pub(crate) fn await_end(&self) -> bool {
-        // SeqCst, paired with `counts_end`: either the task's end sees this
-        // flag, or this check sees the end (the swap lets one of them count).
-        self.awaited.store(true, Ordering::SeqCst);
-        self.is_ended() && self.awaited.swap(false, Ordering::SeqCst)
-    }
-
-    /// At the task's end (after `publish`): whether this end must be counted
-    /// for a shutdown that awaits it.
-    pub(crate) fn counts_end(&self) -> bool {
-        self.awaited.load(Ordering::SeqCst) && self.awaited.swap(false, Ordering::SeqCst)
     }
 
     /// The runner is gone: returns whether it must still report a delegated

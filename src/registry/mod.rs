@@ -19,8 +19,8 @@ mod entry;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use dashmap::DashMap;
@@ -46,17 +46,6 @@ pub(crate) struct Registry {
     /// Notified when `in_flight` drops to zero.
     idle: Notify,
     pub(crate) counters: Counters,
-    /// The tasks the (first) shutdown waits for, counted down as they end.
-    shutdown_wait: OnceLock<ShutdownWait>,
-}
-
-/// The tasks a shutdown found in flight and has not seen end yet: one count
-/// per task, however it ends, instead of a `Notify` per task.
-#[derive(Debug)]
-struct ShutdownWait {
-    pending: AtomicUsize,
-    /// Notified when `pending` drops to zero.
-    done: Notify,
 }
 
 impl Registry {
@@ -82,52 +71,11 @@ impl Registry {
         }
         crate::metrics::ended(cell, was_started, cell.decided_outcome());
         cell.publish();
-        if cell.counts_end() {
-            self.count_awaited_end();
-        }
         self.tasks.remove(&cell.id);
         // Release: publishes the counters and the removal to `wait_idle`.
         if self.in_flight.fetch_sub(1, Ordering::Release) == 1 {
             self.idle.notify_waiters();
         }
-    }
-
-    /// One task a shutdown awaits has ended.
-    fn count_awaited_end(&self) {
-        if let Some(wait) = self.shutdown_wait.get() {
-            if wait.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                wait.done.notify_waiters();
-            }
-        }
-    }
-
-    /// Resolves once every one of `cells` has ended (its handler returned),
-    /// or `None` at once if another shutdown already used this wait (then
-    /// the caller waits task by task).
-    pub(crate) fn shutdown_awaits<'a>(
-        &'a self,
-        cells: &[Arc<TaskCell>],
-    ) -> Option<impl std::future::Future<Output = ()> + 'a> {
-        let wait = ShutdownWait {
-            pending: AtomicUsize::new(cells.len()),
-            done: Notify::new(),
-        };
-        self.shutdown_wait.set(wait).ok()?;
-        for cell in cells {
-            if cell.await_end() {
-                self.count_awaited_end();
-            }
-        }
-        let wait = self.shutdown_wait.get()?;
-        Some(async move {
-            loop {
-                let done = wait.done.notified();
-                if wait.pending.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                done.await;
-            }
-        })
     }
 
     pub(crate) fn get(&self, id: TaskId) -> Option<Arc<TaskCell>> {
