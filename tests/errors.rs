@@ -16,14 +16,14 @@ use axum::routing::get;
 use axum_background::mode::{self, ModeKind};
 use axum_background::{
     Background, BackgroundTask, BlockingTask, ErrorHandler, IntoErrorHandler, Phase, RejectReason,
-    Stats, TaskConfig, TaskError, TaskHandle, TaskInfo, Tasks,
+    TaskConfig, TaskError, TaskHandle, TaskInfo, Tasks,
 };
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tower::ServiceExt;
 
-use util::within;
+use util::{assert_settled, within};
 
 // ---------------------------------------------------------------- helpers
 
@@ -188,23 +188,6 @@ fn assert_panicked_with(error: &TaskError, message: &str) {
         panic!("expected TaskError::Panicked, got {error:?}");
     };
     assert_eq!(&**got, message);
-}
-
-/// `scheduled` equals the sum of the outcomes, and nothing is in flight.
-fn assert_balanced(stats: Stats) {
-    assert_eq!(stats.queued, 0, "{stats:?}");
-    assert_eq!(stats.running, 0, "{stats:?}");
-    assert_eq!(stats.scheduled, stats.ended(), "{stats:?}");
-    assert_eq!(
-        stats.scheduled,
-        stats.completed
-            + stats.failed
-            + stats.panicked
-            + stats.timed_out
-            + stats.cancelled
-            + stats.rejected,
-        "{stats:?}"
-    );
 }
 
 /// A tracing writer into a shared buffer.
@@ -545,7 +528,7 @@ async fn panicking_tasks_reach_the_handler_and_the_server_keeps_serving() {
 
     let stats = background.stats();
     assert_eq!((stats.panicked, stats.completed), (2, 2), "{stats:?}");
-    assert_balanced(stats);
+    assert_settled(stats);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,7 +592,7 @@ async fn panicking_error_handlers_break_nothing() {
         (3, 1, 1),
         "{stats:?}"
     );
-    assert_balanced(stats);
+    assert_settled(stats);
 }
 
 /// A plugin handler that panics after awaiting.
@@ -683,7 +666,7 @@ async fn panicking_handlers_of_rejected_tasks_do_not_escape_schedule() {
     assert_eq!(not_run.load(Ordering::SeqCst), 0, "a rejected task ran");
     let stats = background.stats();
     assert_eq!(stats.rejected, 2, "{stats:?}");
-    assert_balanced(stats);
+    assert_settled(stats);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -733,7 +716,7 @@ async fn failures_of_tasks_with_a_timeout_reach_the_handler_once() {
 
     let stats = background.stats();
     assert_eq!((stats.failed, stats.panicked), (3, 2), "{stats:?}");
-    assert_balanced(stats);
+    assert_settled(stats);
 }
 
 // ------------------------------------------------- result types
@@ -872,7 +855,7 @@ async fn unit_and_custom_error_results_give_their_outcomes() {
     within("idle", background.wait_idle()).await;
     let stats = background.stats();
     assert_eq!((stats.completed, stats.failed), (9, 5), "{stats:?}");
-    assert_balanced(stats);
+    assert_settled(stats);
 }
 
 // ------------------------------------------------- no handler, stats
@@ -892,7 +875,7 @@ async fn failure_without_handler_is_logged_and_counted() {
 
     let stats = background.stats();
     assert_eq!((stats.scheduled, stats.failed), (1, 1), "{stats:?}");
-    assert_balanced(stats);
+    assert_settled(stats);
     let lines = log.lines();
     assert!(
         lines.iter().any(|line| line.contains("ERROR")
@@ -963,7 +946,7 @@ async fn stats_add_up_after_wait_idle() {
         (12, 4, 4, 2, 1, 1),
         "{stats:?}"
     );
-    assert_balanced(stats);
+    assert_settled(stats);
 }
 
 // ------------------------------------------------- runtime shutdown
@@ -1008,7 +991,7 @@ fn assert_ended_as_cancelled(background: &Background, handle: &TaskHandle) {
     );
     let stats = background.stats();
     assert_eq!(stats.cancelled, 1, "{stats:?}");
-    assert_balanced(stats);
+    assert_settled(stats);
 }
 
 #[test]

@@ -55,6 +55,7 @@ impl Events {
 /// running, and every scheduled task counted under exactly one outcome.
 pub fn assert_settled(stats: Stats) {
     assert_eq!((stats.queued, stats.running), (0, 0), "{stats:?}");
+    assert_eq!(stats.scheduled, stats.ended(), "{stats:?}");
     assert_eq!(
         stats.scheduled,
         stats.completed
