@@ -208,7 +208,10 @@ impl Background {
     ///    interrupted, so its cancellation is only signalled and it is waited
     ///    for like a shielded one;
     /// 3. the rest run to their end, up to `grace`; those still in flight then
-    ///    are cancelled and listed as [`overdue`](ShutdownReport::overdue);
+    ///    are cancelled and listed as [`overdue`](ShutdownReport::overdue). An
+    ///    overdue async task's future is dropped before `shutdown` goes on
+    ///    (were it blocking its thread, `shutdown` would wait for it, and log
+    ///    an error after a second); a sync task's thread runs on;
     /// 4. the registered [`ShutdownHook`]s run;
     /// 5. the [`ShutdownReport`] lists each task that was in flight when
     ///    shutdown began in exactly one of its lists.
@@ -218,6 +221,9 @@ impl Background {
     /// other; before step 4 the workers write their last outcomes (allowed
     /// up to 2 s past `grace`) and put back the jobs they had taken but not
     /// started. Jobs not run stay in the store.
+    ///
+    /// When it returns, every task in the report has ended and, but for a
+    /// sync task's thread that cannot be interrupted, its work is dropped.
     ///
     /// Calling it again returns a report of what was still in flight then.
     ///
@@ -257,25 +263,27 @@ impl Background {
         }
 
         // Wait for every task to end, up to the deadline. Past it, a task
-        // still running or waiting is cancelled and overdue; one whose
-        // outcome is decided but whose handler is still running is not.
+        // still running or waiting is cancelled as `cancel` does it, and is
+        // overdue; one whose outcome is decided but whose handler is still
+        // running is not.
         let mut overdue = HashSet::new();
         for cell in &cells {
-            let ended = tokio::time::timeout_at(deadline, cell_ended(cell)).await;
-            if ended.is_err() {
-                // Claim first, then signal: the task's own runner, woken by
-                // the signal, must find the outcome already taken.
-                let claimed = cell.try_finish(Err(TaskError::Cancelled));
-                cell.request_cancel();
-                if let Some(was_started) = claimed {
-                    tracing::warn!(
-                        task.id = %cell.id,
-                        task.name = %cell.name(),
-                        "task outlived the shutdown grace period"
-                    );
-                    overdue.insert(cell.id);
-                    shared.report(cell, was_started).await;
-                }
+            if tokio::time::timeout_at(deadline, cell_ended(cell))
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            if shared.cancel_now(cell).is_cancelled() {
+                tracing::warn!(
+                    task.id = %cell.id,
+                    task.name = %cell.name(),
+                    "task outlived the shutdown grace period"
+                );
+                overdue.insert(cell.id);
+                // An async task's runner drops its future, then reports it:
+                // once it has ended, its future is gone.
+                ended_past_deadline(cell).await;
             }
         }
 
@@ -380,6 +388,25 @@ impl Background {
             None if self.shared.registry.was_issued(id) => CancelOutcome::AlreadyEnded,
             None => CancelOutcome::Unknown,
         }
+    }
+}
+
+/// [`cell_ended`] for a task cancelled past the deadline: its runner drops
+/// its future at the next poll. A poll that does not return (an async task
+/// blocking its thread) holds shutdown up: say so, and keep waiting.
+async fn ended_past_deadline(cell: &TaskCell) {
+    const PATIENCE: Duration = Duration::from_secs(1);
+    if tokio::time::timeout(PATIENCE, cell_ended(cell))
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            task.id = %cell.id,
+            task.name = %cell.name(),
+            "an overdue task's future has not been dropped after {PATIENCE:?}: \
+             it blocks its thread; shutdown waits for it"
+        );
+        cell_ended(cell).await;
     }
 }
 

@@ -1074,3 +1074,43 @@ async fn two_shutdowns_at_once_both_wait_for_a_shielded_task() {
         );
     }
 }
+
+/// DESIGN "Shutdown" 3: when `shutdown` returns, the future of an async task
+/// that outlived the grace period has been dropped (so that code closing a
+/// pool after `shutdown` cannot race with it), on a multi-thread runtime
+/// whose workers compete for the CPU.
+#[test]
+fn overdue_async_task_future_is_dropped_when_shutdown_returns() {
+    let _load = util::CpuLoad::start(2);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        for round in 0..100 {
+            let background = Background::new();
+            let dropped = Arc::new(AtomicBool::new(false));
+            let flag = util::DropFlag(Arc::clone(&dropped));
+            let (started, is_started) = oneshot::channel();
+            let handle = background.task().shield(true).build().schedule(async move {
+                let _flag = flag;
+                let _ = started.send(());
+                std::future::pending::<()>().await
+            });
+            within("the task starts", is_started)
+                .await
+                .expect("the task sends");
+            let report = within("shutdown", background.shutdown(Duration::from_millis(1))).await;
+            assert!(
+                dropped.load(Ordering::SeqCst),
+                "round {round}: shutdown returned with the overdue task's future alive"
+            );
+            assert_eq!(ids(&report.overdue), [handle.id()], "round {round}");
+            assert!(matches!(
+                handle.try_outcome(),
+                Some(Err(TaskError::Cancelled))
+            ));
+        }
+    });
+}
