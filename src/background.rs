@@ -17,7 +17,7 @@ use crate::layer::BackgroundLayer;
 use crate::limits::{Limits, OverflowPolicy};
 use crate::mode::Mode;
 use crate::registry::{Membership, NewTask, Registry, Stats, TaskCell, WaitIdle};
-use crate::request::RequestScope;
+use crate::request::{Rejection, RequestScope};
 use crate::runner::Job;
 use crate::shutdown::ShutdownHooks;
 use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable, TaskName};
@@ -458,23 +458,40 @@ impl Shared {
             timeout: config.timeout.or(default.timeout),
             slot: None,
             blocking: None,
+            ticket: None,
             span,
         };
-        let start = move || {
+        let start = move |ticket| {
             let shared = Arc::clone(job.membership.shared());
             match shared.limits.admit(from_store) {
                 Ok(slot) => job.slot = slot,
-                Err(reason) => return shared.reject(&job.membership.cell, reason),
+                Err(reason) => {
+                    // Claimed now; reported (user code) once no lock is held.
+                    let cell = Arc::clone(&job.membership.cell);
+                    let claimed = cell.try_finish(Err(TaskError::Rejected(reason)));
+                    return match claimed {
+                        Some(was_started) => Err(Rejection(Box::new(move || {
+                            shared.report_dropped(&cell, was_started);
+                        }))),
+                        None => Ok(()),
+                    };
+                }
             }
+            job.ticket = ticket;
             if let Some(runtime) = shared.runtime() {
                 Md::start(runtime, job);
             }
             // No runtime cannot happen here (checked above); were it so,
             // dropping `job` would report the task as cancelled.
+            Ok(())
         };
         match scope {
-            Some(scope) if phase != Phase::Immediate => scope.at(phase, Box::new(start)),
-            _ => start(),
+            Some(scope) => scope.at(phase, start),
+            None => {
+                if let Err(Rejection(report)) = start(None) {
+                    report();
+                }
+            }
         }
         handle
     }

@@ -52,7 +52,14 @@
 //! | [`Phase::AfterResponse`] | `tasks.after_response().schedule(t)` | when the body's last frame has been polled, or the body is dropped (client gone) |
 //!
 //! Every immediate task of a request starts before its after-route tasks, and
-//! those before its after-response tasks; within a phase, in schedule order.
+//! those before its after-response tasks; within a phase, in schedule order;
+//! on any runtime, in both modes. An async task has started once its first
+//! poll has returned, a sync task once its thread calls it: the next task of
+//! the request waits for that. A task that must wait for a limit's slot
+//! ([`max_blocking`](BackgroundBuilder::max_blocking),
+//! [`max_in_flight`](BackgroundBuilder::max_in_flight)) lets the tasks behind
+//! it start; the limit starts the tasks it holds back first come, first
+//! served. Tasks scheduled once the response has been sent start at once.
 //! A handler that returns an error response still has its tasks run; if the
 //! handler's future is dropped (client gone, outer timeout), its pending tasks
 //! start then. Nothing scheduled is dropped on the floor.

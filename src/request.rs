@@ -1,7 +1,25 @@
-//! Per-request state: the tasks waiting for their phase.
+//! Per-request state: the tasks waiting for their phase, and the order in
+//! which the request's tasks start.
+//!
+//! # Invariants
+//!
+//! - Tickets are numbered from 0 in the order tasks are released: immediate
+//!   tasks as they are scheduled, the others when their phase is reached
+//!   (after-route before after-response, each in schedule order). A ticket is
+//!   issued, and the task's limits' permits are requested, under the
+//!   `pending` lock, so that both happen in that order.
+//! - A task whose ticket is `k` starts (its [`TaskCell::try_start`](crate::registry::TaskCell))
+//!   only once `next == k`, and `next` moves past `k` only when ticket `k` is
+//!   passed: after its task's first poll (async) or just before its work is
+//!   called (sync), or when it is dropped unused (the task ended without
+//!   starting). So every ticket is passed exactly once, in number order.
+//! - Tasks scheduled once the request has ended (after-response reached)
+//!   get no ticket: they start at once.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use http::Method;
 use http::request::Parts;
@@ -10,8 +28,14 @@ use tracing::Span;
 use crate::Phase;
 use crate::background::Shared;
 
-/// A task waiting for its phase; running it hands the task to its mode.
-pub(crate) type Deferred = Box<dyn FnOnce() + Send>;
+/// A task waiting for its phase. Called under the request's lock with its
+/// ticket, it requests its permits and hands the task to its mode; a task it
+/// could not admit comes back, to be reported once the lock is released.
+pub(crate) type Deferred = Box<dyn FnOnce(Option<Ticket>) -> Result<(), Rejection> + Send>;
+
+/// A task refused at its start (its end already claimed), whose report runs
+/// user code and so waits until no lock is held.
+pub(crate) struct Rejection(pub(crate) Box<dyn FnOnce() + Send>);
 
 /// What a task's [`TaskInfo`](crate::TaskInfo) records of its request.
 #[derive(Debug)]
@@ -45,6 +69,12 @@ pub(crate) struct RequestScope {
     /// do not pay for it).
     meta: OnceLock<Arc<RequestMeta>>,
     pending: Mutex<Pending>,
+    /// The ticket whose task may start next. Written only under `gate`'s
+    /// lock; read without it on the fast path (`Acquire`, paired with the
+    /// `Release` store in `Ticket::pass`: whatever the previous task did to
+    /// start happens before the next one starts).
+    next: AtomicU32,
+    gate: Mutex<Gate>,
 }
 
 #[derive(Default)]
@@ -53,6 +83,17 @@ struct Pending {
     reached: Phase,
     after_route: Vec<Deferred>,
     after_response: Vec<Deferred>,
+    /// Tickets issued so far.
+    issued: u32,
+}
+
+/// Tickets passed out of turn, and tasks waiting for theirs.
+#[derive(Default)]
+struct Gate {
+    /// Dropped unused before their turn (their tasks ended unstarted).
+    passed_early: Vec<u32>,
+    /// `(ticket, waker)` of runners waiting for their turn.
+    waiting: Vec<(u32, Waker)>,
 }
 
 impl RequestScope {
@@ -62,6 +103,8 @@ impl RequestScope {
             span: Span::current(),
             meta: OnceLock::new(),
             pending: Mutex::new(Pending::default()),
+            next: AtomicU32::new(0),
+            gate: Mutex::new(Gate::default()),
         }
     }
 
@@ -76,40 +119,71 @@ impl RequestScope {
         self.meta.get().cloned()
     }
 
-    /// Runs `task` now if `phase` has been reached, else keeps it for then.
+    /// Starts a task now if `phase` has been reached, else keeps it for then.
     ///
-    /// Deferred tasks are started with the lock held, here and in `reach`:
-    /// starting one only hands it to tokio (no user code runs), and holding the
-    /// lock keeps a clone scheduling on another thread from overtaking tasks of
-    /// the same phase scheduled before it.
-    pub(crate) fn at(&self, phase: Phase, task: Deferred) {
+    /// Started with the lock held, here and in `reach`: starting only
+    /// requests permits and hands the task to tokio (no user code runs; a
+    /// rejection is reported after the lock is released), and holding the
+    /// lock gives tickets and permits out in release order.
+    pub(crate) fn at<F>(self: &Arc<Self>, phase: Phase, start: F)
+    where
+        F: FnOnce(Option<Ticket>) -> Result<(), Rejection> + Send + 'static,
+    {
         let mut pending = self.lock();
-        if phase <= pending.reached {
-            task();
+        if phase > pending.reached {
+            match phase {
+                Phase::AfterRoute => pending.after_route.push(Box::new(start)),
+                _ => pending.after_response.push(Box::new(start)),
+            }
             return;
         }
-        match phase {
-            Phase::AfterRoute => pending.after_route.push(task),
-            _ => pending.after_response.push(task),
+        // Once the request has ended, a task starts at once, in no order.
+        let ticket = (pending.reached < Phase::AfterResponse).then(|| self.issue(&mut pending));
+        let started = start(ticket);
+        drop(pending);
+        if let Err(Rejection(report)) = started {
+            report();
         }
     }
 
     /// Marks `phase` reached and starts every task waiting for it or for an
     /// earlier phase, in phase order and then schedule order.
-    pub(crate) fn reach(&self, phase: Phase) {
+    pub(crate) fn reach(self: &Arc<Self>, phase: Phase) {
         let mut pending = self.lock();
         if phase <= pending.reached {
             return;
         }
         pending.reached = phase;
-        for task in std::mem::take(&mut pending.after_route) {
-            task();
-        }
+        let mut released = std::mem::take(&mut pending.after_route);
         if phase >= Phase::AfterResponse {
-            for task in std::mem::take(&mut pending.after_response) {
-                task();
+            released.append(&mut pending.after_response);
+        }
+        let mut rejected = Vec::new();
+        for start in released {
+            let ticket = self.issue(&mut pending);
+            if let Err(rejection) = start(Some(ticket)) {
+                rejected.push(rejection);
             }
         }
+        drop(pending);
+        for Rejection(report) in rejected {
+            report();
+        }
+    }
+
+    fn issue(self: &Arc<Self>, pending: &mut Pending) -> Ticket {
+        let number = pending.issued;
+        pending.issued = pending.issued.wrapping_add(1);
+        Ticket {
+            scope: Arc::clone(self),
+            number,
+            passed: false,
+        }
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        // Nothing panics while the lock is held.
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -126,6 +200,87 @@ impl fmt::Debug for RequestScope {
             .field("reached", &pending.reached)
             .field("after_route", &pending.after_route.len())
             .field("after_response", &pending.after_response.len())
+            .finish()
+    }
+}
+
+/// A task's place in its request's start order; see the module's invariants.
+/// Dropped unused, it lets the tasks after it go on.
+pub(crate) struct Ticket {
+    scope: Arc<RequestScope>,
+    number: u32,
+    passed: bool,
+}
+
+impl Ticket {
+    /// Ready once every task released before this one has started (or ended
+    /// without starting).
+    pub(crate) fn poll_turn(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let scope = &self.scope;
+        if scope.next.load(Ordering::Acquire) == self.number {
+            return Poll::Ready(());
+        }
+        let mut gate = scope.gate();
+        // `next` only moves under this lock: checked again, it cannot move
+        // before the waker is in place.
+        if scope.next.load(Ordering::Acquire) == self.number {
+            return Poll::Ready(());
+        }
+        match gate.waiting.iter_mut().find(|(n, _)| *n == self.number) {
+            Some((_, waker)) => waker.clone_from(cx.waker()),
+            None => gate.waiting.push((self.number, cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+
+    /// Lets the next task start (now, if this was its turn; else once the
+    /// tasks before this one have started).
+    pub(crate) fn pass(mut self) {
+        self.pass_once();
+    }
+
+    fn pass_once(&mut self) {
+        if std::mem::replace(&mut self.passed, true) {
+            return;
+        }
+        let scope = &self.scope;
+        let mut gate = scope.gate();
+        gate.waiting.retain(|(n, _)| *n != self.number);
+        let mut next = scope.next.load(Ordering::Relaxed);
+        if next != self.number {
+            gate.passed_early.push(self.number);
+            return;
+        }
+        next = next.wrapping_add(1);
+        while let Some(i) = gate.passed_early.iter().position(|n| *n == next) {
+            gate.passed_early.swap_remove(i);
+            next = next.wrapping_add(1);
+        }
+        // Release: see `RequestScope::next`.
+        scope.next.store(next, Ordering::Release);
+        let woken = gate
+            .waiting
+            .iter()
+            .position(|(n, _)| *n == next)
+            .map(|i| gate.waiting.swap_remove(i).1);
+        drop(gate);
+        if let Some(waker) = woken {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.pass_once();
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("number", &self.number)
+            .field("passed", &self.passed)
             .finish()
     }
 }

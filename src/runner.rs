@@ -23,6 +23,7 @@ use crate::error::panic_message;
 use crate::limits::{Permit, RetryPolicy};
 use crate::mode::ModeKind;
 use crate::registry::{Membership, TaskCell};
+use crate::request::Ticket;
 use crate::task::Attempts;
 use crate::{TaskError, TaskInfo};
 
@@ -39,6 +40,9 @@ pub struct Job<A> {
     /// `Some` for a sync task under `max_blocking`: its first attempt's
     /// thread permit, held or queued for.
     pub(crate) blocking: Option<Permit>,
+    /// `Some` for a task started by a request: its place in the request's
+    /// start order (see `request.rs`).
+    pub(crate) ticket: Option<Ticket>,
     /// The task's `background_task` span; the whole run is instrumented with it.
     pub(crate) span: Span,
 }
@@ -91,6 +95,27 @@ impl<A: Attempts> Job<A> {
     pub(crate) async fn run(mut self, exec: Exec) {
         let cell = Arc::clone(&self.membership.cell);
         let shared = Arc::clone(self.membership.shared());
+        // Its turn among its request's tasks comes first. A task that must
+        // then wait for a limit's permit lets those behind it go on: a limit
+        // orders the tasks it holds back among themselves (first come, first
+        // served), and must not hold up tasks it does not cover.
+        let mut ticket = self.ticket.take();
+        if let Some(ticket) = &ticket {
+            std::future::poll_fn(|cx| ticket.poll_turn(cx)).await;
+        }
+        let blocking = matches!(exec, Exec::Blocking(_));
+        let slot_held = self.slot.as_ref().is_none_or(Permit::is_held);
+        if blocking && slot_held && self.blocking.is_none() {
+            // A thread permit only with the slot in hand (see `Sync::start`).
+            self.blocking = shared.limits.blocking.as_ref().map(Permit::request);
+        }
+        let thread_held = match &self.blocking {
+            Some(permit) => permit.is_held(),
+            None => !blocking || shared.limits.blocking.is_none(),
+        };
+        if !(slot_held && thread_held) {
+            drop(ticket.take());
+        }
         // Held until the task has been reported.
         let mut _slot = None;
         if let Some(slot) = self.slot.take() {
@@ -101,7 +126,7 @@ impl<A: Attempts> Job<A> {
         }
         // A sync task's first thread permit, after its slot (see `Sync::start`).
         let mut thread_permit = None;
-        if let Exec::Blocking(_) = &exec {
+        if blocking {
             let permit = self
                 .blocking
                 .take()
@@ -124,7 +149,10 @@ impl<A: Attempts> Job<A> {
                 break Err(TaskError::Cancelled);
             };
             let result = match &exec {
-                Exec::Inline => run_inline(&cell, work, self.timeout).await,
+                Exec::Inline => {
+                    let attempt = run_inline(&cell, work, self.timeout);
+                    PassAfterFirstPoll::new(ticket.take(), attempt).await
+                }
                 Exec::Blocking(runtime) => {
                     let permit = match (thread_permit.take(), &shared.limits.blocking) {
                         (Some(permit), _) => Some(permit),
@@ -137,7 +165,7 @@ impl<A: Attempts> Job<A> {
                         }
                         (None, None) => None,
                     };
-                    run_blocking(runtime, &cell, work, self.timeout, permit).await
+                    run_blocking(runtime, &cell, work, self.timeout, permit, ticket.take()).await
                 }
             };
             match (result, self.retry) {
@@ -184,6 +212,7 @@ impl<A: Attempts> Job<A> {
         SimpleRun {
             stage,
             membership: self.membership,
+            ticket: self.ticket,
             _slot: slot,
         }
     }
@@ -219,6 +248,9 @@ pin_project! {
         #[pin]
         stage: Stage<W>,
         membership: Membership,
+        // `Some` until passed: before a sync task's work is called, after an
+        // async task's first poll.
+        ticket: Option<Ticket>,
         // Held until the task has been reported.
         _slot: Option<OwnedSemaphorePermit>,
     }
@@ -252,20 +284,39 @@ where
             return Poll::Ready(());
         }
         // Only this runner starts the task, so "not started" means "not yet".
-        if !cell.is_started() && !cell.try_start(&cell.shared.registry.counters) {
-            // Ended while queued (cancelled at shutdown): already reported.
-            crate::context::enter(cell, || stage.set(Stage::Done));
-            return Poll::Ready(());
+        if !cell.is_started() {
+            if let Some(ticket) = this.ticket.as_ref() {
+                ready!(ticket.poll_turn(cx));
+            }
+            if !cell.try_start(&cell.shared.registry.counters) {
+                // Ended while queued (cancelled at shutdown): already reported.
+                crate::context::enter(cell, || stage.set(Stage::Done));
+                return Poll::Ready(());
+            }
+            // A sync task starts when its work is called: now.
+            if cell.mode == ModeKind::Sync {
+                if let Some(ticket) = this.ticket.take() {
+                    ticket.pass();
+                }
+            }
         }
         // A running sync task cannot be interrupted: its cancellation is a
         // signal it observes through `TaskContext`, not a drop at an `.await`.
         let cancelled = cell.mode == ModeKind::Async && cell.poll_cancelled(cx).is_ready();
         // The work is polled, and dropped once it is over (before its outcome
         // is published), with its task current.
+        let ticket = this.ticket;
         let outcome = ready!(crate::context::enter(cell, || {
             let outcome = match stage.as_mut().project() {
                 StageProj::Work { .. } if cancelled => Err(TaskError::Cancelled),
-                StageProj::Work { work } => classify(Some(ready!(work.poll(cx)))),
+                StageProj::Work { work } => {
+                    let polled = work.poll(cx);
+                    // An async task has started once its first poll returns.
+                    if let Some(ticket) = ticket.take() {
+                        ticket.pass();
+                    }
+                    classify(Some(ready!(polled)))
+                }
                 // No attempt could be made, or polled again after the end.
                 StageProj::Reporting { .. } | StageProj::Done => Err(TaskError::Cancelled),
             };
@@ -385,6 +436,7 @@ async fn run_blocking<W>(
     work: W,
     timeout: Option<Duration>,
     permit: Option<OwnedSemaphorePermit>,
+    ticket: Option<Ticket>,
 ) -> Result<(), TaskError>
 where
     W: Future<Output = Result<(), BoxError>> + Send + 'static,
@@ -393,6 +445,10 @@ where
     let driver = runtime.clone();
     let thread = crate::mode::spawn_blocking(runtime, move || {
         let _permit = permit;
+        // The task starts when its work is called: now.
+        if let Some(ticket) = ticket {
+            ticket.pass();
+        }
         driver.block_on(crate::context::scope(context, work))
     });
     let joined = match timeout {
@@ -412,6 +468,35 @@ where
         }
         // The runtime is shutting down under the task.
         Err(_) => Err(TaskError::Cancelled),
+    }
+}
+
+pin_project! {
+    /// `inner`, passing the task's ticket once its first poll returns (an
+    /// async task has started by then).
+    struct PassAfterFirstPoll<F> {
+        ticket: Option<Ticket>,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> PassAfterFirstPoll<F> {
+    fn new(ticket: Option<Ticket>, inner: F) -> Self {
+        PassAfterFirstPoll { ticket, inner }
+    }
+}
+
+impl<F: Future> Future for PassAfterFirstPoll<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let polled = this.inner.poll(cx);
+        if let Some(ticket) = this.ticket.take() {
+            ticket.pass();
+        }
+        polled
     }
 }
 
