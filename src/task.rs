@@ -110,16 +110,48 @@ where
 
 /// Anything `schedule` accepts; `M` is a marker that keeps the forms apart.
 ///
-/// Implemented for named [`BackgroundTask`] and [`BlockingTask`] types, for any
-/// `Send + 'static` future (runs in [`mode::Async`]) and for any
-/// `FnOnce() + Send + 'static` closure (runs in [`mode::Sync`]); each may
-/// return `()` or `Result<(), E>` with `E: Into<BoxError>`.
+/// | form | example | mode |
+/// |---|---|---|
+/// | a [`BackgroundTask`] or [`BlockingTask`] type | `Welcome { email }` | its [`Mode`](BackgroundTask::Mode) |
+/// | a `Future + Send + 'static` | `send_email(to)` | [`mode::Async`] |
+/// | a closure `FnOnce() -> impl Future + Send`, `Send + 'static` | `move \|\| send_email(to)` | [`mode::Async`] |
+/// | a closure `FnOnce() + Send + 'static` | `move \|\| write_log_line(id)` | [`mode::Sync`] |
+///
+/// Each may return (or its future may resolve to) `()` or `Result<(), E>`
+/// with `E: Into<BoxError>`.
+///
+/// A closure that returns a future is called when the task starts (not when it
+/// is scheduled), on the runtime, and its future is awaited there: it is the
+/// same task as the future itself, built late. Unless the task is given a name,
+/// it is named after the `async fn` whose future the closure returns, or else
+/// after the function the closure was written in.
+///
+/// ```
+/// use axum_background::{mode::ModeKind, Background};
+///
+/// async fn send_email(to: String) {
+///     # let _ = to;
+///     // an HTTP call ...
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let background = Background::new();
+/// let to = String::from("ada@example.com");
+/// let handle = background.schedule(move || send_email(to)); // runs on the runtime
+/// assert_eq!(handle.info().mode, ModeKind::Async);
+/// assert_eq!(handle.info().name, "send_email");
+/// assert!(handle.outcome().await.is_ok());
+/// # }
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be scheduled as a background task",
     label = "not a task, a future or a closure",
     note = "schedule accepts: a type implementing `BackgroundTask` or `BlockingTask`; \
-            a `Future + Send + 'static` (async mode); an `FnOnce() + Send + 'static` closure (sync mode)",
-    note = "each must return `()` or `Result<(), E>` with `E: Into<BoxError>`"
+            a `Future + Send + 'static` (async mode); \
+            a closure returning a future, `FnOnce() -> impl Future + Send` such as `move || send_email(to)` (async mode); \
+            an `FnOnce() + Send + 'static` closure (sync mode)",
+    note = "each must return (or its future resolve to) `()` or `Result<(), E>` with `E: Into<BoxError>`"
 )]
 pub trait IntoBackgroundTask<M>: Send + Sized + 'static {
     /// The mode the task runs in.
@@ -151,6 +183,9 @@ pub enum FutureTask {}
 #[doc(hidden)]
 #[derive(Debug)]
 pub enum ClosureTask {}
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum AsyncClosureTask {}
 
 impl<T, R> IntoBackgroundTask<(NamedTask, R)> for T
 where
@@ -200,17 +235,65 @@ where
     }
 }
 
+impl<F, Fut, R> IntoBackgroundTask<(AsyncClosureTask, R)> for F
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: TaskResult,
+{
+    type Mode = mode::Async;
+
+    fn own_name(&self) -> Option<Cow<'static, str>> {
+        None
+    }
+
+    /// The future's path when it is an `async fn`'s or an `async` block's
+    /// (`move || send_email(to)` is named `send_email`, as the future
+    /// `send_email(to)` and the retried factory are), else the closure's own
+    /// (a boxed or hand-written future says nothing of where it came from).
+    fn type_path() -> &'static str {
+        closure_or_future_path(std::any::type_name::<F>(), std::any::type_name::<Fut>())
+    }
+
+    fn into_work(self) -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
+        // Called on the first poll, when the task starts (not at `schedule`);
+        // the closure and its future take turns in the same memory.
+        futures_util::future::lazy(move |_| self())
+            .flatten()
+            .map(TaskResult::into_result)
+    }
+}
+
+/// See the async-closure form's `type_path`.
+fn closure_or_future_path(closure: &'static str, future: &'static str) -> &'static str {
+    if future.ends_with("::{{closure}}") {
+        future
+    } else {
+        closure
+    }
+}
+
 /// A task that can run more than once: what a retry needs.
 ///
-/// Implemented for every schedulable task that is `Clone` (each attempt runs
-/// a fresh clone), and for factory closures `Fn() -> T` where `T` is a task
-/// (each attempt runs a freshly built task; this is how an `async fn` call is
-/// retried: `move || send_invoice(id)`).
+/// | form | each attempt runs |
+/// |---|---|
+/// | a `Clone` [`BackgroundTask`] or [`BlockingTask`] type | a clone |
+/// | a `Clone` future | a clone |
+/// | a `Clone` sync closure `FnOnce() + Send + 'static` | a clone |
+/// | a factory closure `Fn() -> T + Send + 'static`, where `T` is any task [`IntoBackgroundTask`] accepts | a freshly built task |
+///
+/// A closure that returns a future is always a factory, `Clone` or not: it is
+/// called again for each attempt, so each attempt awaits a fresh future. This
+/// is how an `async fn` call is retried: `move || send_invoice(id)` (a closure
+/// that moves a captured value into the task it builds is only `FnOnce`:
+/// clone it inside, `move || send_invoice(id.clone())`).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be retried: it can run only once",
     label = "a retried task must be able to run again",
-    note = "retry needs a task that can run again: derive or implement `Clone` for it, \
-            or schedule a factory closure that builds a fresh task per attempt, e.g. `move || send_invoice(id)`"
+    note = "retry needs a task that can run again: a `Clone` task type, future or sync closure (each attempt runs a clone), \
+            or a factory closure `Fn() -> T` that builds a fresh task per attempt, e.g. `move || send_invoice(id)`",
+    note = "derive or implement `Clone` for a task type; a factory must be `Fn`: clone what it moves into the task, \
+            e.g. `move || send_invoice(id.clone())`"
 )]
 pub trait Rerunnable<M>: Send + Sized + 'static {
     /// The mode each attempt runs in.
@@ -277,6 +360,15 @@ pub(crate) struct Cloned<T, M> {
     _marker: PhantomData<fn() -> M>,
 }
 
+impl<T, M> Cloned<T, M> {
+    fn new(task: T) -> Self {
+        Cloned {
+            task,
+            _marker: PhantomData,
+        }
+    }
+}
+
 impl<T: IntoBackgroundTask<M> + Clone, M: 'static> Attempts for Cloned<T, M> {
     fn next_attempt(
         &mut self,
@@ -323,26 +415,67 @@ pub enum CloneTask {}
 #[derive(Debug)]
 pub enum FactoryTask {}
 
-impl<T, M> Rerunnable<(CloneTask, M)> for T
+// One `Clone` impl per form, not one over every `IntoBackgroundTask`: a
+// `Clone` closure that returns a future would then be both a clone and a
+// factory (ambiguous). It is a factory only: called again per attempt.
+
+impl<T, R> Rerunnable<(CloneTask, (NamedTask, R))> for T
 where
-    T: IntoBackgroundTask<M> + Clone,
-    M: 'static,
+    T: BackgroundTask<R> + Clone,
+    R: TaskResult,
 {
     type Mode = T::Mode;
 
     fn own_name(&self) -> Option<Cow<'static, str>> {
-        IntoBackgroundTask::own_name(self)
+        Some(BackgroundTask::name(self))
     }
 
     fn type_path() -> &'static str {
-        <T as IntoBackgroundTask<M>>::type_path()
+        <T as IntoBackgroundTask<(NamedTask, R)>>::type_path()
     }
 
     fn into_attempts(self) -> impl Attempts {
-        Cloned {
-            task: self,
-            _marker: PhantomData,
-        }
+        Cloned::<T, (NamedTask, R)>::new(self)
+    }
+}
+
+impl<F, R> Rerunnable<(CloneTask, (FutureTask, R))> for F
+where
+    F: Future<Output = R> + Clone + Send + 'static,
+    R: TaskResult,
+{
+    type Mode = mode::Async;
+
+    fn own_name(&self) -> Option<Cow<'static, str>> {
+        None
+    }
+
+    fn type_path() -> &'static str {
+        <F as IntoBackgroundTask<(FutureTask, R)>>::type_path()
+    }
+
+    fn into_attempts(self) -> impl Attempts {
+        Cloned::<F, (FutureTask, R)>::new(self)
+    }
+}
+
+impl<F, R> Rerunnable<(CloneTask, (ClosureTask, R))> for F
+where
+    F: FnOnce() -> R + Clone + Send + 'static,
+    R: TaskResult,
+{
+    type Mode = mode::Sync;
+
+    fn own_name(&self) -> Option<Cow<'static, str>> {
+        None
+    }
+
+    fn type_path() -> &'static str {
+        <F as IntoBackgroundTask<(ClosureTask, R)>>::type_path()
+    }
+
+    fn into_attempts(self) -> impl Attempts {
+        Cloned::<F, (ClosureTask, R)>::new(self)
     }
 }
 
