@@ -133,7 +133,7 @@ fn main() -> Result<(), BoxError> {
         let took = started.elapsed();
         Ok::<_, BoxError>(format!(
             "\"in_flight_before_shutdown\":{in_flight},\"report\":{{\"completed\":{},\"cancelled\":{},\"overdue\":{}}},\"shutdown_ms\":{:.3},\"stats\":{}",
-            report.completed.len(),
+            report.finished.len(),
             report.cancelled.len(),
             report.overdue.len(),
             took.as_secs_f64() * 1e3,

@@ -250,7 +250,7 @@ async fn main() -> Result<(), BoxError> {
     let stats = background.stats();
     println!(
         "shutdown: {} completed, {} cancelled, {} overdue",
-        report.completed.len(),
+        report.finished.len(),
         report.cancelled.len(),
         report.overdue.len()
     );

@@ -187,10 +187,10 @@ async fn main() -> Result<(), BoxError> {
     // jobs not yet taken would stay in the store for the next start.
     let report = worker.shutdown(Duration::from_secs(5)).await;
     println!(
-        "worker: shut down; completed {:?}, cancelled {:?}, overdue {:?}",
-        names(report.completed()),
-        names(report.cancelled()),
-        names(report.overdue())
+        "worker: shut down; finished {:?}, cancelled {:?}, overdue {:?}",
+        names(report.finished.iter().map(|entry| &entry.info)),
+        names(report.cancelled.iter().map(|entry| &entry.info)),
+        names(report.overdue.iter().map(|entry| &entry.info))
     );
     println!(
         "\n{} invoices sent and {} orders added to the ledger: each job ran once",
@@ -201,9 +201,9 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// `["send_invoice #7"]`: the tasks' names and ids.
-fn names(tasks: &[TaskInfo]) -> Vec<String> {
+fn names<'a>(tasks: impl IntoIterator<Item = &'a TaskInfo>) -> Vec<String> {
     tasks
-        .iter()
+        .into_iter()
         .map(|t| format!("{} #{}", t.name, t.id))
         .collect()
 }

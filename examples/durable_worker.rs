@@ -30,8 +30,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use axum_background::durable::{DurableError, DurableStore, DurableTask};
 use axum_background::{
-    Background, BackgroundTask, BlockingTask, BoxError, RetryPolicy, ShutdownReport, TaskConfig,
-    TaskError, TaskInfo, Tasks, mode, shutdown_signal,
+    Background, BackgroundTask, BlockingTask, BoxError, RetryPolicy, ShutdownEntry, ShutdownReport,
+    TaskConfig, TaskError, TaskInfo, Tasks, mode, shutdown_signal,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -259,11 +259,15 @@ fn print_report(role: &str, report: &ShutdownReport) {
         println!("{role}: shut down; nothing was in flight");
         return;
     }
-    let names = |tasks: &[TaskInfo]| tasks.iter().map(|t| t.name.to_string()).collect::<Vec<_>>();
+    let names = |list: &[ShutdownEntry]| {
+        list.iter()
+            .map(|entry| entry.info.name.to_string())
+            .collect::<Vec<_>>()
+    };
     println!(
-        "{role}: shut down; completed {:?}, cancelled {:?}, overdue {:?}",
-        names(report.completed()),
-        names(report.cancelled()),
-        names(report.overdue())
+        "{role}: shut down; finished {:?}, cancelled {:?}, overdue {:?}",
+        names(&report.finished),
+        names(&report.cancelled),
+        names(&report.overdue)
     );
 }

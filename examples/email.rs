@@ -85,7 +85,7 @@ async fn register(
 
 /// Where a send that failed every attempt goes (a real app might flag the account).
 fn email_failed(info: &TaskInfo, error: &TaskError) {
-    let (name, attempts) = (info.name(), info.attempts());
+    let (name, attempts) = (info.name.clone(), info.attempts);
     println!("app: on_error: {name} gave up after {attempts} attempts: {error}");
 }
 

@@ -18,9 +18,9 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum_background::handler::{IntoErrorHandler, SharedErrorHandler};
 use axum_background::{
-    Background, BlockingTask, BoxError, ErrorHandler, SharedErrorHandler, TaskConfig, TaskError,
-    TaskInfo, Tasks,
+    Background, BlockingTask, BoxError, ErrorHandler, TaskConfig, TaskError, TaskInfo, Tasks,
 };
 
 /// An async task that fails.
@@ -59,8 +59,8 @@ async fn nightly_report() {
 
 /// What a handler knows: the task, where it came from, and why it failed.
 fn describe(info: &TaskInfo, error: &TaskError) -> String {
-    let (name, mode) = (info.name(), info.mode());
-    let path = info.path().unwrap_or("-");
+    let (name, mode) = (info.name.clone(), info.mode);
+    let path = info.path.as_deref().unwrap_or("-");
     format!(
         "{name} ({mode} task, from {path}): {} / {error}",
         error.kind()
@@ -127,10 +127,7 @@ async fn fail(
         }
         "handler-panics" => {
             let broken = |info: &TaskInfo, _: &TaskError| {
-                println!(
-                    "  broken handler:  called for {}, now panicking",
-                    info.name()
-                );
+                println!("  broken handler:  called for {}, now panicking", info.name);
                 panic!("the handler itself is broken")
             };
             task.on_error(broken).build().schedule(charge_card(9))
@@ -152,10 +149,11 @@ async fn main() -> Result<(), BoxError> {
     // The default config: its handler is used by tasks that set none.
     let defaults = TaskConfig::builder().on_error(report_to_ops).build();
     let background = Background::builder().default_config(defaults).build();
-    let pager = SharedErrorHandler::new(Pager {
+    let pager = Pager {
         channel: "#payments-oncall",
         pages: AtomicUsize::new(0),
-    });
+    }
+    .into_shared();
     let app = Router::new()
         .route("/fail/{case}", post(fail))
         .route("/health", get(|| async { "ok" }))

@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum_background::{Background, BoxError, TaskInfo, Tasks, shutdown_signal};
+use axum_background::{Background, BoxError, ShutdownEntry, TaskInfo, Tasks, shutdown_signal};
 use tokio::sync::{Notify, oneshot};
 
 /// How long shielded tasks may still run once shutdown begins.
@@ -140,9 +140,19 @@ async fn main() -> Result<(), BoxError> {
         "background: shutdown took {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    println!("report: completed {}", names(report.completed()));
-    println!("report: cancelled {}", names(report.cancelled()));
-    println!("report: overdue   {}", names(report.overdue()));
+    let entries = |list: &[ShutdownEntry]| {
+        let names: Vec<String> = list
+            .iter()
+            .map(|entry| match &entry.outcome {
+                Ok(()) => format!("{} #{}", entry.info.name, entry.info.id),
+                Err(error) => format!("{} #{} ({})", entry.info.name, entry.info.id, error.kind()),
+            })
+            .collect();
+        format!("{} [{}]", names.len(), names.join(", "))
+    };
+    println!("report: finished  {}", entries(&report.finished));
+    println!("report: cancelled {}", entries(&report.cancelled));
+    println!("report: overdue   {}", entries(&report.overdue));
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use axum_background::{Background, BoxError, TaskInfo, Tasks};
+use axum_background::{Background, BoxError, ShutdownEntry, TaskInfo, Tasks};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -58,15 +58,20 @@ async fn checkout(
 }
 
 /// `payment #1 (shielded), ...`
-fn list(tasks: &[TaskInfo]) -> String {
+fn list<'a>(tasks: impl IntoIterator<Item = &'a TaskInfo>) -> String {
     let names: Vec<String> = tasks
-        .iter()
+        .into_iter()
         .map(|task| match task.shielded {
             true => format!("{} #{} (shielded)", task.name, task.id),
             false => format!("{} #{}", task.name, task.id),
         })
         .collect();
     format!("[{}]", names.join(", "))
+}
+
+/// The tasks of a list of the shutdown report.
+fn entries(list: &[ShutdownEntry]) -> impl Iterator<Item = &TaskInfo> {
+    list.iter().map(|entry| &entry.info)
 }
 
 #[tokio::main]
@@ -104,9 +109,9 @@ async fn main() -> Result<(), BoxError> {
     let report = background.shutdown(GRACE).await;
     let took = began.elapsed();
     println!("background: shutdown({} s grace) returned", GRACE.as_secs());
-    println!("report: completed {}", list(report.completed()));
-    println!("report: cancelled {}", list(report.cancelled()));
-    println!("report: overdue   {}", list(report.overdue()));
+    println!("report: finished  {}", list(entries(&report.finished)));
+    println!("report: cancelled {}", list(entries(&report.cancelled)));
+    println!("report: overdue   {}", list(entries(&report.overdue)));
     for entry in ledger.lock().unwrap().iter() {
         println!("ledger: {entry}");
     }

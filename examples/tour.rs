@@ -15,8 +15,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum_background::{
-    Background, BackgroundTask, BlockingTask, BoxError, TaskConfig, TaskError, TaskInfo, Tasks,
-    mode,
+    Background, BackgroundTask, BlockingTask, BoxError, ShutdownEntry, TaskConfig, TaskError,
+    TaskInfo, Tasks, mode,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -108,7 +108,11 @@ async fn import(tasks: Tasks) -> StatusCode {
         .task()
         .name("import")
         .on_error(|info: &TaskInfo, error: &TaskError| {
-            let (id, name, path) = (info.id, info.name(), info.path().unwrap_or(""));
+            let (id, name, path) = (
+                info.id,
+                info.name.clone(),
+                info.path.as_deref().unwrap_or(""),
+            );
             say!("import's own on_error: task {id} {name:?} (from {path}): {error}");
         })
         .build()
@@ -128,7 +132,7 @@ async fn digest(tasks: Tasks) -> StatusCode {
 
 /// The default config's error handler: for tasks without their own.
 fn report_to_ops(info: &TaskInfo, error: &TaskError) {
-    let (id, name) = (info.id, info.name());
+    let (id, name) = (info.id, info.name.clone());
     say!("default on_error: task {id} {name:?}: {error}");
 }
 
@@ -208,9 +212,10 @@ async fn tour() -> Result<(), BoxError> {
     server.await??;
     say!("main: server stopped; background.shutdown(1 s) cancels unshielded tasks");
     let report = background.shutdown(Duration::from_secs(1)).await;
-    let names = |tasks: &[TaskInfo]| tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
-    let (done, cancelled) = (names(report.completed()), names(report.cancelled()));
-    let overdue = names(report.overdue());
-    say!("shutdown report: completed {done:?}, cancelled {cancelled:?}, overdue {overdue:?}");
+    let names =
+        |list: &[ShutdownEntry]| list.iter().map(|e| e.info.name.clone()).collect::<Vec<_>>();
+    let (done, cancelled) = (names(&report.finished), names(&report.cancelled));
+    let overdue = names(&report.overdue);
+    say!("shutdown report: finished {done:?}, cancelled {cancelled:?}, overdue {overdue:?}");
     Ok(())
 }

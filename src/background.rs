@@ -9,14 +9,15 @@ use std::sync::{Arc, OnceLock};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+use crate::config::TaskBuilder;
 use crate::config::TaskConfig;
 use crate::error::RejectReason;
-use crate::extractor::{TaskBuilder, Tasks};
+use crate::extractor::Tasks;
 use crate::handle::TaskHandle;
 use crate::layer::BackgroundLayer;
 use crate::limits::{Limits, OverflowPolicy};
 use crate::mode::Mode;
-use crate::registry::{Membership, NewTask, Registry, Stats, TaskCell, WaitIdle};
+use crate::registry::{Membership, NewTask, Registry, Stats, TaskCell, WaitIdleFuture};
 use crate::request::{Rejection, RequestScope};
 use crate::runner::Job;
 use crate::shutdown::ShutdownHooks;
@@ -170,6 +171,7 @@ impl BackgroundBuilder {
     pub fn register_with<T: crate::durable::DurableTask>(mut self, config: TaskConfig) -> Self {
         let config = TaskConfig {
             name: None,
+            phase: None,
             ..config.merged_over(&self.default_config)
         };
         match self.durable_tasks.entry(T::NAME) {
@@ -268,20 +270,22 @@ impl Background {
     /// Schedules a task outside any request; it starts at once.
     ///
     /// Accepts what [`Tasks::schedule`] accepts.
+    #[track_caller]
     pub fn schedule<T, M>(&self, task: T) -> TaskHandle
     where
         T: IntoBackgroundTask<M>,
     {
-        self.shared.schedule(task, None, Phase::Immediate, None)
+        self.tasks().schedule(task)
     }
 
     /// Configures one task outside any request: `background.task().name("x").build().schedule(t)`.
+    /// The [`TaskConfig`] builder, as [`Tasks::task`]; every phase starts at once.
     pub fn task(&self) -> TaskBuilder {
         self.tasks().task()
     }
 
     /// A [`Tasks`] scheduler not tied to any request: every phase starts at once.
-    pub fn tasks(&self) -> Tasks {
+    pub(crate) fn tasks(&self) -> Tasks {
         Tasks::detached(Arc::clone(&self.shared))
     }
 
@@ -305,7 +309,7 @@ impl Background {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping it changes nothing.
-    pub fn wait_idle(&self) -> WaitIdle<'_> {
+    pub fn wait_idle(&self) -> WaitIdleFuture<'_> {
         self.shared.registry.wait_idle()
     }
 
@@ -354,11 +358,10 @@ impl Shared {
     pub(crate) fn schedule_stored<T: crate::task::Rerunnable<M>, M>(
         self: &Arc<Self>,
         task: T,
-        phase: Phase,
         config: TaskConfig,
     ) -> TaskHandle {
         let source = rerunnable_source(task, true);
-        self.admit::<T::Mode, _>(source, None, phase, config)
+        self.admit::<T::Mode, _>(source, None, None, config)
     }
 
     /// Schedules a task that runs once.
@@ -366,8 +369,8 @@ impl Shared {
         self: &Arc<Self>,
         task: T,
         scope: Option<&Arc<RequestScope>>,
-        phase: Phase,
-        config: Option<TaskConfig>,
+        phase: Option<Phase>,
+        config: TaskConfig,
     ) -> TaskHandle
     where
         T: IntoBackgroundTask<M>,
@@ -380,7 +383,7 @@ impl Shared {
             retrying: false,
             from_store: false,
         };
-        self.admit::<T::Mode, _>(source, scope, phase, config.unwrap_or_default())
+        self.admit::<T::Mode, _>(source, scope, phase, config)
     }
 
     /// Schedules a task that may run again, under the merged retry policy.
@@ -388,7 +391,7 @@ impl Shared {
         self: &Arc<Self>,
         task: T,
         scope: Option<&Arc<RequestScope>>,
-        phase: Phase,
+        phase: Option<Phase>,
         config: TaskConfig,
     ) -> TaskHandle
     where
@@ -400,32 +403,38 @@ impl Shared {
 
     /// The one path every task takes into the crate: register it, then start
     /// it now or when its phase comes, or reject it.
+    ///
+    /// `phase` is the scheduler's, if it chose one: a per-task phase wins
+    /// over it, and it wins over the default config's.
     fn admit<Md: Mode, A: Attempts>(
         self: &Arc<Self>,
         source: TaskSource<A>,
         scope: Option<&Arc<RequestScope>>,
-        phase: Phase,
+        phase: Option<Phase>,
         config: TaskConfig,
     ) -> TaskHandle {
         let default = &self.default_config;
         // Names rank: per task, the task type's own, the default config's, derived.
         let name = match config
             .name
+            .clone()
             .or(source.own_name)
             .or_else(|| default.name.clone())
         {
             Some(name) => TaskName::Given(name),
             None => TaskName::Derived(source.type_path),
         };
+        let phase = config.phase.or(phase).or(default.phase).unwrap_or_default();
+        let config = config.merged_over(default);
         let cell = Arc::new(TaskCell::new(NewTask {
             shared: Arc::clone(self),
             id: self.registry.next_id(),
             name,
             phase,
             mode: Md::KIND,
-            shielded: config.shield.or(default.shield).unwrap_or(false),
+            shielded: config.shield.unwrap_or(false),
             request: scope.and_then(|scope| scope.request_meta()),
-            on_error: config.on_error.or_else(|| default.on_error.clone()),
+            on_error: config.on_error,
         }));
         let handle = TaskHandle::new(Arc::clone(&cell));
         // Insert before checking `closing`: shutdown sets `closing` before it
@@ -450,12 +459,8 @@ impl Shared {
         let mut job = Job {
             membership,
             attempts: source.attempts,
-            retry: if source.retrying {
-                config.retry.or(default.retry)
-            } else {
-                None
-            },
-            timeout: config.timeout.or(default.timeout),
+            retry: config.retry.filter(|_| source.retrying),
+            timeout: config.timeout,
             slot: None,
             blocking: None,
             ticket: None,

@@ -1,69 +1,198 @@
-//! Task configuration and its field-by-field merge.
+//! A task's options: [`TaskConfig`], its one builder, the field-by-field
+//! merge, and what a per-task builder yields ([`ConfiguredTasks`]).
 
 use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use typed_builder::TypedBuilder;
 
+use crate::Phase;
+use crate::extractor::Tasks;
+use crate::handle::TaskHandle;
 use crate::handler::{IntoErrorHandler, SharedErrorHandler};
 use crate::limits::RetryPolicy;
+use crate::task::{IntoBackgroundTask, Rerunnable};
 
-/// How tasks run: set once as the default (`Background::builder().default_config(..)`)
-/// and per task (`tasks.task()...`).
+/// A task's options: its name, shield, error handler, phase, timeout and
+/// retry policy.
 ///
-/// Every field is optional. Per-task values override the default config field
-/// by field: a field set later wins, an unset field inherits.
+/// One builder sets them everywhere: `TaskConfig::builder()` for the default
+/// config (`Background::builder().default_config(..)`), and
+/// [`tasks.task()`](crate::Tasks::task), the same builder pre-filled with its
+/// scheduler, for one task. Every option is optional; per-task values
+/// override the default config's field by field (a field set later wins, an
+/// unset field inherits).
+///
+/// | option | what it does | unset |
+/// |---|---|---|
+/// | `name` | the task's name in logs, spans and [`TaskInfo`](crate::TaskInfo) | the task type's name; for a future or closure, the default config's, else derived from its type |
+/// | `shield` | at shutdown the task may finish (up to the grace period) while unshielded ones are cancelled | `false` |
+/// | `on_error` | where the task's failure goes after it is logged (see [`IntoErrorHandler`]) | the default config's, else none |
+/// | `phase` | when the task starts (see [`Phase`]) | the scheduler's ([`after_route()`](crate::Tasks::after_route), ..), else the default config's, else [`Phase::Immediate`] |
+/// | `timeout` | how long each run may take; past it the task ends as [`TaskError::TimedOut`](crate::TaskError::TimedOut) (an async task is dropped; a sync task's cancellation fires, its thread runs on) | none |
+/// | `retry` | how a failed task is run again (see [`RetryPolicy`]) | runs once |
+///
+/// `retry` is the one option that changes what can be scheduled: a per-task
+/// builder with a retry policy schedules only tasks that can run again (a
+/// `Clone` task, or a factory closure), checked at compile time. In the
+/// default config, `retry` is the policy of the durable task types
+/// registered without their own; an in-process task is retried only with its
+/// own `.retry(..)`.
 ///
 /// ```
-/// use axum_background::{TaskConfig, TaskError, TaskInfo};
+/// use std::time::Duration;
+/// use axum_background::{Phase, RetryPolicy, TaskConfig, TaskError, TaskInfo, Tasks};
 ///
+/// // The default config of a `Background`.
 /// let config = TaskConfig::builder()
-///     .name("mailer")
+///     .timeout(Duration::from_secs(30))
 ///     .on_error(|info: &TaskInfo, error: &TaskError| eprintln!("{}: {error}", info.name))
 ///     .build();
-/// assert_eq!(config.name(), Some("mailer"));
+/// assert_eq!(config.timeout(), Some(Duration::from_secs(30)));
+///
+/// async fn charge(tasks: Tasks) {
+///     // One task: the same builder, pre-filled with its scheduler.
+///     tasks
+///         .task()
+///         .name("charge")
+///         .shield(true)
+///         .phase(Phase::AfterResponse)
+///         .retry(RetryPolicy::attempts(3))
+///         .build()
+///         .schedule(move || async { Ok::<(), std::io::Error>(()) });
+/// }
 /// ```
-#[derive(Debug, Clone, Default, TypedBuilder)]
-#[builder(field_defaults(default))]
+#[derive(Clone, Default, TypedBuilder)]
+#[builder(
+    doc,
+    builder_method(doc = "Starts a [`TaskConfig`]; every option is optional. \
+                          Finish with `.build()`."),
+    builder_type(doc = "The builder of a [`TaskConfig`], from [`TaskConfig::builder`], \
+                        or pre-filled with its scheduler from [`Tasks::task`]: \
+                        then `.build()` yields a [`ConfiguredTasks`] that schedules. \
+                        See [`TaskConfig`] for the options."),
+    build_method(vis = "", name = __build)
+)]
 #[non_exhaustive]
 pub struct TaskConfig {
-    /// The task's name in logs, spans and [`TaskInfo`](crate::TaskInfo).
-    ///
-    /// In the default config it names ad-hoc futures and closures only: a
-    /// named task type keeps its own name unless the task sets one.
-    #[builder(setter(strip_option, into))]
+    #[builder(via_mutators(init = None), mutators(
+        /// The task's name in logs, spans and [`TaskInfo`](crate::TaskInfo).
+        #[allow(unreachable_pub)] // the builder method made from it is public
+        pub fn name(&mut self, name: impl Into<Cow<'static, str>>) {
+            self.name = Some(name.into());
+        }
+    ))]
     pub(crate) name: Option<Cow<'static, str>>,
 
-    /// Whether the task is shielded: at shutdown it may finish (up to the
-    /// grace period) while unshielded tasks are cancelled. Default `false`.
-    #[builder(setter(strip_option))]
+    #[builder(via_mutators(init = None), mutators(
+        /// Whether the task may finish during shutdown (up to the grace
+        /// period) while unshielded tasks are cancelled.
+        #[allow(unreachable_pub)] // the builder method made from it is public
+        pub fn shield(&mut self, shield: bool) {
+            self.shield = Some(shield);
+        }
+    ))]
     pub(crate) shield: Option<bool>,
 
-    /// Where the task's failure goes after it is logged: an
-    /// [`ErrorHandler`](crate::ErrorHandler), a sync closure or an async fn.
-    #[builder(setter(
-        doc = "Sets the error handler: an `ErrorHandler`, a sync `Fn(&TaskInfo, &TaskError)` or an async `Fn(TaskInfo, TaskError)`.",
-        fn transform<H, M>(handler: H) -> Option<SharedErrorHandler>
+    #[builder(via_mutators(init = None), mutators(
+        /// Where the task's failure goes after it is logged: any form
+        /// [`IntoErrorHandler`] accepts.
+        #[allow(unreachable_pub)] // the builder method made from it is public
+        pub fn on_error<H, M>(&mut self, handler: H)
         where
             H: IntoErrorHandler<M>,
         {
-            Some(handler.into_shared())
+            self.on_error = Some(handler.into_shared());
         }
     ))]
     pub(crate) on_error: Option<SharedErrorHandler>,
 
-    /// How long each run of the task may take. An async task past it is
-    /// dropped; a sync task past it is reported timed out and its
-    /// cancellation fires, but its thread cannot be interrupted and runs on.
-    /// Either way the task ends as [`TaskError::TimedOut`](crate::TaskError::TimedOut).
-    #[builder(setter(strip_option))]
+    #[builder(via_mutators(init = None), mutators(
+        /// When the task starts; see [`Phase`].
+        #[allow(unreachable_pub)] // the builder method made from it is public
+        pub fn phase(&mut self, phase: Phase) {
+            self.phase = Some(phase);
+        }
+    ))]
+    pub(crate) phase: Option<Phase>,
+
+    #[builder(via_mutators(init = None), mutators(
+        /// How long each run of the task may take.
+        #[allow(unreachable_pub)] // the builder method made from it is public
+        pub fn timeout(&mut self, timeout: Duration) {
+            self.timeout = Some(timeout);
+        }
+    ))]
     pub(crate) timeout: Option<Duration>,
 
-    /// How a failed task is run again. Applies to tasks scheduled through a
-    /// retrying route (`tasks.task().retry(..)` or `.retryable()`), which take
-    /// only tasks that can run again ([`Rerunnable`](crate::Rerunnable)).
-    #[builder(setter(strip_option))]
+    /// How a failed task is run again. On a per-task builder, `schedule`
+    /// then takes only a task that can run again ([`Rerunnable`]).
+    #[builder(default, setter(strip_option))]
     pub(crate) retry: Option<RetryPolicy>,
+
+    /// The scheduler a per-task builder schedules with: set by
+    /// [`Tasks::task`]; `None` in every built `TaskConfig`.
+    #[builder(default, setter(strip_option))]
+    pub(crate) scheduler: Option<Scheduler>,
+}
+
+/// The scheduler behind [`Tasks::task`]'s builder. Internal: public only
+/// because the builder's setter names it; it cannot be built outside the
+/// crate.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct Scheduler(pub(crate) Tasks);
+
+/// The builder in a given state: the five plain options set through their
+/// mutators (always "set", possibly to `None`), `Retry` and `Sched` each
+/// `()` (unset) or `(Option<_>,)` (set).
+type Builder<Retry, Sched> = TaskConfigBuilder<(
+    (Option<Cow<'static, str>>,),
+    (Option<bool>,),
+    (Option<SharedErrorHandler>,),
+    (Option<Phase>,),
+    (Option<Duration>,),
+    Retry,
+    Sched,
+)>;
+
+/// A builder field that has been set.
+type Set<T> = (Option<T>,);
+
+/// The builder [`Tasks::task`] returns: pre-filled with its scheduler.
+pub type TaskBuilder = Builder<(), Set<Scheduler>>;
+
+impl Builder<(), ()> {
+    /// Finishes the config.
+    pub fn build(self) -> TaskConfig {
+        self.__build()
+    }
+}
+
+impl Builder<Set<RetryPolicy>, ()> {
+    /// Finishes the config.
+    pub fn build(self) -> TaskConfig {
+        self.__build()
+    }
+}
+
+impl Builder<(), Set<Scheduler>> {
+    /// Finishes the settings of one task; schedule with
+    /// [`ConfiguredTasks::schedule`].
+    pub fn build(self) -> ConfiguredTasks<OneRun> {
+        ConfiguredTasks::new(self.__build())
+    }
+}
+
+impl Builder<Set<RetryPolicy>, Set<Scheduler>> {
+    /// Finishes the settings of one retried task; schedule with
+    /// [`ConfiguredTasks::schedule`], which takes only a task that can run
+    /// again.
+    pub fn build(self) -> ConfiguredTasks<Retrying> {
+        ConfiguredTasks::new(self.__build())
+    }
 }
 
 impl TaskConfig {
@@ -82,6 +211,11 @@ impl TaskConfig {
         self.on_error.as_ref()
     }
 
+    /// The phase, if set.
+    pub fn phase(&self) -> Option<Phase> {
+        self.phase
+    }
+
     /// The timeout, if set.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
@@ -93,15 +227,114 @@ impl TaskConfig {
     }
 
     /// `self` with every unset field taken from `base`: what `base` then
-    /// `self` applied in that order gives.
-    #[must_use]
-    pub fn merged_over(self, base: &TaskConfig) -> TaskConfig {
+    /// `self` applied in that order gives. The one merge of the crate.
+    pub(crate) fn merged_over(self, base: &TaskConfig) -> TaskConfig {
         TaskConfig {
             name: self.name.or_else(|| base.name.clone()),
             shield: self.shield.or(base.shield),
             on_error: self.on_error.or_else(|| base.on_error.clone()),
+            phase: self.phase.or(base.phase),
             timeout: self.timeout.or(base.timeout),
             retry: self.retry.or(base.retry),
+            scheduler: None,
         }
+    }
+}
+
+impl fmt::Debug for TaskConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskConfig")
+            .field("name", &self.name)
+            .field("shield", &self.shield)
+            .field("on_error", &self.on_error)
+            .field("phase", &self.phase)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// A scheduler with one task's settings; from `tasks.task()...build()`.
+///
+/// It may schedule several tasks: each gets the same settings. `R` records
+/// whether the tasks are retried: [`OneRun`], or [`Retrying`] (set by
+/// `.retry(..)`), which takes only tasks that can run again.
+#[derive(Clone)]
+#[must_use = "a configured scheduler does nothing until `schedule` is called"]
+pub struct ConfiguredTasks<R = OneRun> {
+    tasks: Tasks,
+    config: TaskConfig,
+    _route: PhantomData<fn() -> R>,
+}
+
+/// A [`ConfiguredTasks`] route: the task runs once.
+#[derive(Debug, Clone, Copy)]
+pub enum OneRun {}
+
+/// A [`ConfiguredTasks`] route: the task is retried, so it must be able to
+/// run again ([`Rerunnable`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Retrying {}
+
+impl<R> ConfiguredTasks<R> {
+    fn new(mut config: TaskConfig) -> Self {
+        // Set on every builder that yields a `ConfiguredTasks` (its type says so).
+        let tasks = match config.scheduler.take() {
+            Some(Scheduler(tasks)) => tasks,
+            None => unreachable!("a per-task builder always holds its scheduler"),
+        };
+        ConfiguredTasks {
+            tasks,
+            config,
+            _route: PhantomData,
+        }
+    }
+}
+
+impl ConfiguredTasks<OneRun> {
+    /// Schedules `task` with these settings; as [`Tasks::schedule`].
+    #[track_caller]
+    pub fn schedule<T, M>(&self, task: T) -> TaskHandle
+    where
+        T: IntoBackgroundTask<M>,
+    {
+        self.tasks.schedule_once(task, self.config.clone())
+    }
+}
+
+impl ConfiguredTasks<Retrying> {
+    /// Schedules `task` with these settings, retried on failure. `task` must
+    /// be able to run again: a `Clone` task (each run gets a clone) or a
+    /// factory closure such as `move || send_invoice(id)` (each run gets a
+    /// fresh task).
+    ///
+    /// ```compile_fail
+    /// # use axum_background::{RetryPolicy, Tasks};
+    /// struct NotClone;
+    /// impl axum_background::BlockingTask<()> for NotClone { fn run(self) {} }
+    /// fn f(tasks: Tasks) {
+    ///     // error: `NotClone` cannot be retried: it can run only once
+    ///     tasks.task().retry(RetryPolicy::attempts(3)).build().schedule(NotClone);
+    /// }
+    /// ```
+    #[track_caller]
+    pub fn schedule<T, M>(&self, task: T) -> TaskHandle
+    where
+        T: Rerunnable<M>,
+    {
+        self.tasks.schedule_rerunnable(task, self.config.clone())
+    }
+}
+
+impl<R> fmt::Debug for ConfiguredTasks<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfiguredTasks")
+            .field("tasks", &self.tasks)
+            .field("config", &self.config)
+            .field(
+                "retrying",
+                &std::any::type_name::<R>().ends_with("Retrying"),
+            )
+            .finish()
     }
 }

@@ -28,13 +28,7 @@ impl TaskError {
     /// The outcome's name: `"failed"`, `"panicked"`, `"timed_out"`,
     /// `"cancelled"` or `"rejected"`, as logs and stats label it.
     pub fn kind(&self) -> &'static str {
-        match self {
-            TaskError::Failed(_) => "failed",
-            TaskError::Panicked(_) => "panicked",
-            TaskError::TimedOut => "timed_out",
-            TaskError::Cancelled => "cancelled",
-            TaskError::Rejected(_) => "rejected",
-        }
+        crate::outcome::OutcomeKind::of_error(self).label()
     }
 
     /// Whether this is [`TaskError::Failed`].

@@ -1,10 +1,7 @@
 //! [`Tasks`]: the per-request scheduler handlers extract.
 
-use std::borrow::Cow;
 use std::fmt;
-use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
@@ -13,10 +10,8 @@ use http::request::Parts;
 
 use crate::Phase;
 use crate::background::Shared;
-use crate::config::TaskConfig;
+use crate::config::{Scheduler, TaskBuilder, TaskConfig};
 use crate::handle::TaskHandle;
-use crate::handler::IntoErrorHandler;
-use crate::limits::RetryPolicy;
 use crate::request::RequestScope;
 use crate::task::{IntoBackgroundTask, Rerunnable};
 
@@ -43,7 +38,9 @@ use crate::task::{IntoBackgroundTask, Rerunnable};
 #[derive(Clone)]
 pub struct Tasks {
     target: Target,
-    phase: Phase,
+    /// `Some` once chosen with `after_route()` or `after_response()`; else
+    /// the default config's phase applies, or `Immediate`.
+    phase: Option<Phase>,
 }
 
 /// Where a `Tasks` schedules: one reference, cloned with every `Tasks`.
@@ -79,70 +76,85 @@ impl Tasks {
     pub(crate) fn detached(shared: Arc<Shared>) -> Self {
         Tasks {
             target: Target::Detached(shared),
-            phase: Phase::Immediate,
+            phase: None,
         }
     }
 
     /// Schedules a task in this scheduler's phase ([`Phase::Immediate`] unless
     /// it came from [`after_route`](Tasks::after_route) or
-    /// [`after_response`](Tasks::after_response)).
+    /// [`after_response`](Tasks::after_response), or the default config
+    /// names another).
     ///
-    /// Accepts a [`BackgroundTask`](crate::BackgroundTask) or
-    /// [`BlockingTask`](crate::BlockingTask) type, any `Send + 'static` future
-    /// (async mode) and any `FnOnce() + Send + 'static` closure (sync mode);
-    /// each may return `()` or `Result<(), E>` with `E: Into<BoxError>`.
+    /// Accepts what [`IntoBackgroundTask`] lists: a
+    /// [`BackgroundTask`](crate::BackgroundTask) or
+    /// [`BlockingTask`](crate::BlockingTask) type, any `Send + 'static`
+    /// future or closure returning one (async mode), and any
+    /// `FnOnce() + Send + 'static` closure (sync mode); each may return `()`
+    /// or `Result<(), E>` with `E: Into<BoxError>`.
     ///
     /// An immediate task is admitted before this returns. Nothing here panics
     /// or blocks: a task that cannot be admitted (shutdown has begun) ends as
     /// [`TaskError::Rejected`](crate::TaskError::Rejected), reported like any
     /// failure.
+    #[track_caller]
     pub fn schedule<T, M>(&self, task: T) -> TaskHandle
     where
         T: IntoBackgroundTask<M>,
     {
-        self.shared().schedule(task, self.scope(), self.phase, None)
+        self.schedule_once(task, TaskConfig::default())
     }
 
     /// The same scheduler, for tasks that start when the handler has produced
     /// its response, before the response head is sent.
+    #[must_use = "a scheduler does nothing until `schedule` is called"]
     pub fn after_route(&self) -> Tasks {
         self.in_phase(Phase::AfterRoute)
     }
 
     /// The same scheduler, for tasks that start once the response body has
     /// been sent (or dropped early, when the client goes away).
+    #[must_use = "a scheduler does nothing until `schedule` is called"]
     pub fn after_response(&self) -> Tasks {
         self.in_phase(Phase::AfterResponse)
     }
 
-    /// The same scheduler, for tasks that start now.
-    pub fn immediate(&self) -> Tasks {
-        self.in_phase(Phase::Immediate)
-    }
-
-    /// The same scheduler in `phase`.
-    pub fn in_phase(&self, phase: Phase) -> Tasks {
+    pub(crate) fn in_phase(&self, phase: Phase) -> Tasks {
         Tasks {
-            phase,
+            phase: Some(phase),
             ..self.clone()
         }
     }
 
-    /// The phase this scheduler schedules in.
-    pub fn phase(&self) -> Phase {
+    /// The phase chosen for this scheduler, if any.
+    pub(crate) fn phase(&self) -> Option<Phase> {
         self.phase
     }
 
-    /// Configures one task: `tasks.task().name("payment").shield(true).build().schedule(charge(id))`.
+    /// Configures one task: the [`TaskConfig`] builder, pre-filled with this
+    /// scheduler. `tasks.task().name("payment").shield(true).build().schedule(charge(id))`.
     ///
     /// Settings given here override the default config field by field; the
-    /// phase starts as this scheduler's.
+    /// phase is this scheduler's unless `.phase(..)` says otherwise.
     pub fn task(&self) -> TaskBuilder {
-        TaskBuilder {
-            tasks: self.clone(),
-            config: TaskConfig::default(),
-            _route: PhantomData,
-        }
+        TaskConfig::builder().scheduler(Scheduler(self.clone()))
+    }
+
+    /// Schedules a task that runs once, with per-task settings.
+    pub(crate) fn schedule_once<T, M>(&self, task: T, config: TaskConfig) -> TaskHandle
+    where
+        T: IntoBackgroundTask<M>,
+    {
+        self.shared()
+            .schedule(task, self.scope(), self.phase, config)
+    }
+
+    /// Schedules a task that may run again, under `config`'s retry policy.
+    pub(crate) fn schedule_rerunnable<T, M>(&self, task: T, config: TaskConfig) -> TaskHandle
+    where
+        T: Rerunnable<M>,
+    {
+        self.shared()
+            .schedule_rerunnable(task, self.scope(), self.phase, config)
     }
 }
 
@@ -167,7 +179,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Tasks {
         scope.meta(parts);
         Ok(Tasks {
             target: Target::Request(scope),
-            phase: Phase::Immediate,
+            phase: None,
         })
     }
 }
@@ -184,147 +196,6 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Tasks {
                 .await
                 .ok(),
         )
-    }
-}
-
-/// Settings for one task; from [`Tasks::task`]. Finish with [`build`](TaskBuilder::build).
-///
-/// `R` records whether the task may be retried: [`OneRun`] until
-/// [`retry`](TaskBuilder::retry) or [`retryable`](TaskBuilder::retryable)
-/// makes it [`Retrying`], which takes only tasks that can run again.
-#[must_use]
-#[derive(Debug, Clone)]
-pub struct TaskBuilder<R = OneRun> {
-    tasks: Tasks,
-    config: TaskConfig,
-    _route: PhantomData<fn() -> R>,
-}
-
-/// A [`TaskBuilder`] route: the task runs once.
-#[derive(Debug, Clone, Copy)]
-pub enum OneRun {}
-
-/// A [`TaskBuilder`] route: the task is retried, so it must be able to run
-/// again ([`Rerunnable`]).
-#[derive(Debug, Clone, Copy)]
-pub enum Retrying {}
-
-impl<R> TaskBuilder<R> {
-    /// The task's name in logs, spans and [`TaskInfo`](crate::TaskInfo).
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.config.name = Some(name.into());
-        self
-    }
-
-    /// Whether the task may finish during shutdown (up to the grace period)
-    /// while unshielded tasks are cancelled.
-    pub fn shield(mut self, shield: bool) -> Self {
-        self.config.shield = Some(shield);
-        self
-    }
-
-    /// Where the task's failure goes: an [`ErrorHandler`](crate::ErrorHandler),
-    /// a sync `Fn(&TaskInfo, &TaskError)` or an async `Fn(TaskInfo, TaskError)`.
-    pub fn on_error<H, M>(mut self, handler: H) -> Self
-    where
-        H: IntoErrorHandler<M>,
-    {
-        self.config.on_error = Some(handler.into_shared());
-        self
-    }
-
-    /// When the task starts.
-    pub fn phase(mut self, phase: Phase) -> Self {
-        self.tasks.phase = phase;
-        self
-    }
-
-    /// How long each run may take; see [`TaskConfig`] for what happens past it.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = Some(timeout);
-        self
-    }
-
-    /// Applies every field set in `config` (fields it leaves unset keep their
-    /// value here).
-    pub fn config(mut self, config: TaskConfig) -> Self {
-        self.config = config.merged_over(&self.config);
-        self
-    }
-
-    /// Retries the task under `policy`. From here on `schedule` takes only a
-    /// task that can run again: a `Clone` task, or a factory closure.
-    pub fn retry(mut self, policy: RetryPolicy) -> TaskBuilder<Retrying> {
-        self.config.retry = Some(policy);
-        self.retryable()
-    }
-
-    /// Retries the task under the default config's retry policy (if it has
-    /// one). From here on `schedule` takes only a task that can run again.
-    pub fn retryable(self) -> TaskBuilder<Retrying> {
-        TaskBuilder {
-            tasks: self.tasks,
-            config: self.config,
-            _route: PhantomData,
-        }
-    }
-
-    /// Finishes the settings; schedule with [`ConfiguredTasks::schedule`].
-    pub fn build(self) -> ConfiguredTasks<R> {
-        ConfiguredTasks {
-            tasks: self.tasks,
-            config: self.config,
-            _route: PhantomData,
-        }
-    }
-}
-
-/// A scheduler with per-task settings; from [`TaskBuilder::build`].
-///
-/// It may schedule several tasks: each gets the same settings.
-#[derive(Debug, Clone)]
-pub struct ConfiguredTasks<R = OneRun> {
-    tasks: Tasks,
-    config: TaskConfig,
-    _route: PhantomData<fn() -> R>,
-}
-
-impl ConfiguredTasks<OneRun> {
-    /// Schedules `task` with these settings; as [`Tasks::schedule`].
-    pub fn schedule<T, M>(&self, task: T) -> TaskHandle
-    where
-        T: IntoBackgroundTask<M>,
-    {
-        let tasks = &self.tasks;
-        tasks
-            .shared()
-            .schedule(task, tasks.scope(), tasks.phase, Some(self.config.clone()))
-    }
-}
-
-impl ConfiguredTasks<Retrying> {
-    /// Schedules `task` with these settings, retried on failure. `task` must
-    /// be able to run again: a `Clone` task (each run gets a clone) or a
-    /// factory closure such as `move || send_invoice(id)` (each run gets a
-    /// fresh task).
-    ///
-    /// ```compile_fail
-    /// # use axum_background::{RetryPolicy, Tasks};
-    /// struct NotClone;
-    /// impl axum_background::BlockingTask<()> for NotClone { fn run(self) {} }
-    /// fn f(tasks: Tasks) {
-    ///     // error: `NotClone` cannot be retried: it can run only once
-    ///     tasks.task().retry(RetryPolicy::attempts(3)).build().schedule(NotClone);
-    /// }
-    /// ```
-    pub fn schedule<T, M>(&self, task: T) -> TaskHandle
-    where
-        T: Rerunnable<M>,
-    {
-        let tasks = &self.tasks;
-        tasks
-            .shared()
-            .schedule_rerunnable(task, tasks.scope(), tasks.phase, self.config.clone())
     }
 }
 

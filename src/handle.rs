@@ -63,8 +63,8 @@ impl TaskHandle {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping it changes nothing.
-    pub fn started(&self) -> Started<'_> {
-        Started {
+    pub fn started(&self) -> StartedFuture<'_> {
+        StartedFuture {
             cell: &self.cell,
             notified: self.cell.notified(),
         }
@@ -76,8 +76,8 @@ impl TaskHandle {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping it changes nothing, and it can be awaited again.
-    pub fn outcome(&self) -> Outcome<'_> {
-        Outcome {
+    pub fn outcome(&self) -> OutcomeFuture<'_> {
+        OutcomeFuture {
             cell: &self.cell,
             notified: self.cell.notified(),
         }
@@ -98,14 +98,14 @@ impl fmt::Debug for TaskHandle {
 pin_project! {
     /// Resolves when the task starts or ends; from [`TaskHandle::started`].
     #[must_use = "futures do nothing unless polled"]
-    pub struct Started<'a> {
+    pub struct StartedFuture<'a> {
         cell: &'a TaskCell,
         #[pin]
         notified: Notified<'a>,
     }
 }
 
-impl Future for Started<'_> {
+impl Future for StartedFuture<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -124,14 +124,14 @@ impl Future for Started<'_> {
 pin_project! {
     /// Resolves to the task's outcome; from [`TaskHandle::outcome`].
     #[must_use = "futures do nothing unless polled"]
-    pub struct Outcome<'a> {
+    pub struct OutcomeFuture<'a> {
         cell: &'a TaskCell,
         #[pin]
         notified: Notified<'a>,
     }
 }
 
-impl Future for Outcome<'_> {
+impl Future for OutcomeFuture<'_> {
     type Output = Result<(), TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -146,17 +146,17 @@ impl Future for Outcome<'_> {
     }
 }
 
-impl fmt::Debug for Started<'_> {
+impl fmt::Debug for StartedFuture<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Started")
+        f.debug_struct("StartedFuture")
             .field("task", &self.cell.id)
             .finish()
     }
 }
 
-impl fmt::Debug for Outcome<'_> {
+impl fmt::Debug for OutcomeFuture<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outcome")
+        f.debug_struct("OutcomeFuture")
             .field("task", &self.cell.id)
             .finish()
     }

@@ -85,14 +85,6 @@ impl SharedErrorHandler {
 }
 
 impl SharedErrorHandler {
-    /// Wraps any accepted handler form.
-    pub fn new<H, M>(handler: H) -> Self
-    where
-        H: IntoErrorHandler<M>,
-    {
-        handler.into_shared()
-    }
-
     /// Calls the handler and waits for it.
     pub(crate) async fn call(&self, info: &TaskInfo, error: &TaskError) {
         match &self.inner.kind {
@@ -422,7 +414,7 @@ mod tests {
 
     #[test]
     fn sync_handler_completes_in_its_first_poll() {
-        let handler = SharedErrorHandler::new(|_: &TaskInfo, _: &TaskError| {});
+        let handler = (|_: &TaskInfo, _: &TaskError| {}).into_shared();
         assert!(handler.is_sync());
         let (info, error) = (info(), TaskError::Cancelled);
         assert!(handler.call(&info, &error).now_or_never().is_some());
@@ -435,7 +427,7 @@ mod tests {
             let at = (ptr::from_ref(info).addr(), ptr::from_ref(error).addr());
             SEEN.lock().unwrap_or_else(PoisonError::into_inner).push(at);
         }
-        let handler = SharedErrorHandler::new(handler);
+        let handler = handler.into_shared();
         assert!(!handler.is_sync());
         let (info, error) = (info(), TaskError::Cancelled);
         assert!(handler.call(&info, &error).now_or_never().is_some());

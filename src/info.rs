@@ -34,9 +34,6 @@ impl fmt::Display for TaskId {
 }
 
 /// A snapshot of a task: who it is, where it came from, how far it got.
-///
-/// The fields are public to read; the same-named methods return the same
-/// values, borrowed where that saves a clone.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TaskInfo {
@@ -61,56 +58,4 @@ pub struct TaskInfo {
     pub path: Option<Arc<str>>,
     /// How many times it has been started (0 before its first run).
     pub attempts: u32,
-}
-
-impl TaskInfo {
-    /// The task's id.
-    pub fn id(&self) -> TaskId {
-        self.id
-    }
-
-    /// The task's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The phase it was scheduled in.
-    pub fn phase(&self) -> Phase {
-        self.phase
-    }
-
-    /// The mode it runs in.
-    pub fn mode(&self) -> ModeKind {
-        self.mode
-    }
-
-    /// Whether it is shielded.
-    pub fn shielded(&self) -> bool {
-        self.shielded
-    }
-
-    /// When `schedule` was called.
-    pub fn scheduled_at(&self) -> Instant {
-        self.scheduled_at
-    }
-
-    /// When it started running, if it has.
-    pub fn started_at(&self) -> Option<Instant> {
-        self.started_at
-    }
-
-    /// The method of the request it was scheduled from.
-    pub fn method(&self) -> Option<&Method> {
-        self.method.as_ref()
-    }
-
-    /// The path of the request it was scheduled from.
-    pub fn path(&self) -> Option<&str> {
-        self.path.as_deref()
-    }
-
-    /// How many times it has been started.
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
 }

@@ -121,7 +121,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
 mod background;
-mod config;
+pub mod config;
 mod context;
 #[cfg(feature = "durable")]
 #[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
@@ -129,36 +129,48 @@ pub mod durable;
 mod error;
 mod extractor;
 mod handle;
-mod handler;
+pub mod handler;
 mod info;
 pub mod layer;
 mod limits;
 mod metrics;
 pub mod mode;
+mod outcome;
 mod phase;
 mod registry;
 mod request;
 mod runner;
-mod shutdown;
-mod task;
+pub mod shutdown;
+pub mod task;
 
 pub use background::{Background, BackgroundBuilder};
 pub use config::TaskConfig;
 pub use context::TaskContext;
 pub use error::{RejectReason, TaskError};
-pub use extractor::{
-    ConfiguredTasks, MissingBackgroundLayer, OneRun, Retrying, TaskBuilder, Tasks,
-};
-pub use handle::{Outcome, Started, TaskHandle};
-pub use handler::{ErrorHandler, IntoErrorHandler, SharedErrorHandler};
+pub use extractor::{MissingBackgroundLayer, Tasks};
+pub use handle::TaskHandle;
+pub use handler::ErrorHandler;
 pub use info::{TaskId, TaskInfo};
 pub use limits::{OverflowPolicy, RetryPolicy};
 pub use phase::Phase;
-pub use registry::{Stats, WaitIdle};
-pub use shutdown::{
-    CancelOutcome, IntoShutdownHook, ShutdownHook, ShutdownReport, shutdown_signal,
+pub use registry::Stats;
+pub use shutdown::{CancelOutcome, ShutdownEntry, ShutdownHook, ShutdownReport, shutdown_signal};
+pub use task::{BackgroundTask, BlockingTask};
+
+/// The futures of this crate, named for what they wait on.
+pub mod future {
+    pub use crate::handle::{OutcomeFuture, StartedFuture};
+    pub use crate::registry::WaitIdleFuture;
+}
+
+// The handles a service shares across threads and tasks.
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync + 'static>() {}
+    shared_across_threads::<Background>();
+    shared_across_threads::<Tasks>();
+    shared_across_threads::<TaskHandle>();
+    shared_across_threads::<TaskConfig>();
 };
-pub use task::{BackgroundTask, BlockingTask, IntoBackgroundTask, Rerunnable, TaskResult};
 
 /// The error type tasks may return: any error that is `Send + Sync`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

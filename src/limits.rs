@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
+use crate::outcome::OutcomeKind;
 use crate::{RejectReason, TaskError};
 
 /// What happens to a task when [`max_in_flight`](crate::BackgroundBuilder::max_in_flight)
@@ -39,7 +40,7 @@ pub enum OverflowPolicy {
 /// says how many runs there were.
 ///
 /// Retrying needs a task that can run again: a `Clone` task, or a factory
-/// closure that builds a fresh task per attempt (see [`Rerunnable`](crate::Rerunnable)).
+/// closure that builds a fresh task per attempt (see [`Rerunnable`](crate::task::Rerunnable)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -159,10 +160,13 @@ impl RetryPolicy {
     /// followed by another.
     pub(crate) fn retries(&self, attempt: u32, error: &TaskError) -> bool {
         attempt < self.attempts
-            && match error {
-                TaskError::Failed(_) => true,
-                TaskError::Panicked(_) => self.panics,
-                _ => false,
+            && match OutcomeKind::of_error(error) {
+                OutcomeKind::Failed => true,
+                OutcomeKind::Panicked => self.panics,
+                OutcomeKind::Completed
+                | OutcomeKind::TimedOut
+                | OutcomeKind::Cancelled
+                | OutcomeKind::Rejected => false,
             }
             && self.retry_if.is_none_or(|retry| retry(error))
     }

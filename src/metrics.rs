@@ -25,6 +25,7 @@ mod enabled {
     use rustc_hash::FxBuildHasher;
 
     use crate::Phase;
+    use crate::outcome::OutcomeKind;
     use crate::task::TaskName;
 
     const SCHEDULED: &str = "background_tasks_scheduled_total";
@@ -33,22 +34,15 @@ mod enabled {
     const QUEUED: &str = "background_tasks_queued";
     const QUEUE_WAIT: &str = "background_task_queue_wait_seconds";
     const RUN: &str = "background_task_run_seconds";
-    const OUTCOMES: [&str; 6] = [
-        "completed",
-        "failed",
-        "panicked",
-        "timed_out",
-        "cancelled",
-        "rejected",
-    ];
+    const OUTCOMES: usize = OutcomeKind::ALL.len();
 
     /// The handles of one task name in one phase.
     pub(crate) struct TaskInstruments {
         pub(super) scheduled: Counter,
         pub(super) queue_wait: Histogram,
-        /// By outcome, in `OUTCOMES` order.
-        pub(super) ended: [Counter; 6],
-        pub(super) run: [Histogram; 6],
+        /// By outcome, in [`OutcomeKind::index`] order.
+        pub(super) ended: [Counter; OUTCOMES],
+        pub(super) run: [Histogram; OUTCOMES],
         pub(super) in_flight: Gauge,
         pub(super) queued: Gauge,
     }
@@ -132,11 +126,11 @@ mod enabled {
             let made = Arc::new(TaskInstruments {
                 scheduled: metrics::counter!(SCHEDULED, "name" => name.clone(), "phase" => phase),
                 queue_wait: metrics::histogram!(QUEUE_WAIT, "name" => name.clone(), "phase" => phase),
-                ended: OUTCOMES.map(|outcome| {
-                    metrics::counter!(ENDED, "name" => name.clone(), "phase" => phase, "outcome" => outcome)
+                ended: OutcomeKind::ALL.map(|outcome| {
+                    metrics::counter!(ENDED, "name" => name.clone(), "phase" => phase, "outcome" => outcome.label())
                 }),
-                run: OUTCOMES.map(|outcome| {
-                    metrics::histogram!(RUN, "name" => name.clone(), "phase" => phase, "outcome" => outcome)
+                run: OutcomeKind::ALL.map(|outcome| {
+                    metrics::histogram!(RUN, "name" => name.clone(), "phase" => phase, "outcome" => outcome.label())
                 }),
                 in_flight: metrics::gauge!(IN_FLIGHT),
                 queued: metrics::gauge!(QUEUED),
@@ -153,23 +147,16 @@ mod enabled {
         }
     }
 
-    /// The position of `outcome`'s label in `OUTCOMES` (no ending outcome
-    /// means the task was cancelled).
+    /// The slot of `outcome` (no ending outcome means the task was cancelled).
     pub(super) fn outcome_index(outcome: Option<&Result<(), crate::TaskError>>) -> usize {
-        use crate::TaskError;
-        match outcome {
-            Some(Ok(())) => 0,
-            Some(Err(TaskError::Failed(_))) => 1,
-            Some(Err(TaskError::Panicked(_))) => 2,
-            Some(Err(TaskError::TimedOut)) => 3,
-            Some(Err(TaskError::Cancelled)) | None => 4,
-            Some(Err(TaskError::Rejected(_))) => 5,
-        }
+        outcome
+            .map_or(OutcomeKind::Cancelled, OutcomeKind::of)
+            .index()
     }
 
     #[cfg(test)]
     pub(super) fn outcome_label(outcome: Option<&Result<(), crate::TaskError>>) -> &'static str {
-        OUTCOMES[outcome_index(outcome)]
+        OutcomeKind::ALL[outcome_index(outcome)].label()
     }
 }
 

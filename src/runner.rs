@@ -22,6 +22,7 @@ use crate::background::Shared;
 use crate::error::panic_message;
 use crate::limits::{Permit, RetryPolicy};
 use crate::mode::ModeKind;
+use crate::outcome::OutcomeKind;
 use crate::registry::{Membership, TaskCell};
 use crate::request::Ticket;
 use crate::task::Attempts;
@@ -621,8 +622,8 @@ impl Drop for ReportOnce {
 
 fn log_failure(info: &TaskInfo, error: &TaskError) {
     let path = info.path.as_deref().unwrap_or("");
-    match error {
-        TaskError::Cancelled | TaskError::Rejected(_) => tracing::warn!(
+    match OutcomeKind::of_error(error).is_error() {
+        false => tracing::warn!(
             task.id = %info.id,
             task.name = %info.name,
             task.phase = %info.phase,
@@ -630,7 +631,7 @@ fn log_failure(info: &TaskInfo, error: &TaskError) {
             error = %error,
             "background task did not complete"
         ),
-        _ => tracing::error!(
+        true => tracing::error!(
             task.id = %info.id,
             task.name = %info.name,
             task.phase = %info.phase,

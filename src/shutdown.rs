@@ -13,46 +13,49 @@ use tokio::time::Instant;
 
 use crate::background::{Background, Shared};
 use crate::mode::ModeKind;
+use crate::outcome::{OutcomeKind, ShutdownList};
 use crate::registry::TaskCell;
 use crate::{TaskError, TaskId, TaskInfo};
 
 /// What [`Background::shutdown`] did with every task in flight when it began.
 ///
-/// Each such task is in exactly one list.
+/// Each such task is in exactly one list, with its outcome. Names mean what
+/// [`Stats`](crate::Stats)' names mean: [`completed`](Self::completed) is
+/// success.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ShutdownReport {
     /// Ran to an end during shutdown, whatever the result (completed, failed,
-    /// panicked, timed out): shielded tasks that made it, and tasks that ended
-    /// on their own before being cancelled.
-    pub completed: Vec<TaskInfo>,
+    /// panicked, timed out; see each entry's outcome): shielded tasks that
+    /// made it, and tasks that ended on their own before being cancelled.
+    pub finished: Vec<ShutdownEntry>,
     /// Cancelled, or never started, before the deadline.
-    pub cancelled: Vec<TaskInfo>,
-    /// Still running (or waiting to start) at the deadline; their outcome is
-    /// [`TaskError::Cancelled`]. A sync task among them cannot be interrupted:
-    /// its thread runs on.
-    pub overdue: Vec<TaskInfo>,
+    pub cancelled: Vec<ShutdownEntry>,
+    /// Still running (or waiting to start) at the deadline: cancelled then,
+    /// their outcome is [`TaskError::Cancelled`]. A sync task among them
+    /// cannot be interrupted: its thread runs on.
+    pub overdue: Vec<ShutdownEntry>,
+}
+
+/// One task of a [`ShutdownReport`]: what it was, and how it ended.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ShutdownEntry {
+    /// The task, as it was when it ended.
+    pub info: TaskInfo,
+    /// How it ended.
+    pub outcome: Result<(), TaskError>,
 }
 
 impl ShutdownReport {
-    /// Tasks that ran to an end during shutdown.
-    pub fn completed(&self) -> &[TaskInfo] {
-        &self.completed
-    }
-
-    /// Tasks cancelled or never started before the deadline.
-    pub fn cancelled(&self) -> &[TaskInfo] {
-        &self.cancelled
-    }
-
-    /// Tasks still in flight at the deadline.
-    pub fn overdue(&self) -> &[TaskInfo] {
-        &self.overdue
+    /// The [`finished`](Self::finished) tasks that completed successfully.
+    pub fn completed(&self) -> impl Iterator<Item = &ShutdownEntry> {
+        self.finished.iter().filter(|entry| entry.outcome.is_ok())
     }
 
     /// How many tasks the report covers.
     pub fn len(&self) -> usize {
-        self.completed.len() + self.cancelled.len() + self.overdue.len()
+        self.finished.len() + self.cancelled.len() + self.overdue.len()
     }
 
     /// Whether no task was in flight when shutdown began.
@@ -301,21 +304,25 @@ impl Background {
 
         let mut report = ShutdownReport::default();
         for cell in cells {
-            let info = cell.info();
+            let outcome = cell
+                .decided_outcome()
+                .cloned()
+                .unwrap_or(Err(TaskError::Cancelled));
             let list = if overdue.contains(&cell.id) {
                 &mut report.overdue
             } else {
-                match cell.decided_outcome() {
-                    Some(Err(TaskError::Cancelled | TaskError::Rejected(_))) | None => {
-                        &mut report.cancelled
-                    }
-                    Some(_) => &mut report.completed,
+                match OutcomeKind::of(&outcome).shutdown_list() {
+                    ShutdownList::Finished => &mut report.finished,
+                    ShutdownList::Cancelled => &mut report.cancelled,
                 }
             };
-            list.push(info);
+            list.push(ShutdownEntry {
+                info: cell.info(),
+                outcome,
+            });
         }
         tracing::info!(
-            completed = report.completed.len(),
+            finished = report.finished.len(),
             cancelled = report.cancelled.len(),
             overdue = report.overdue.len(),
             "background shutdown finished"

@@ -18,6 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::post;
 use axum_background::durable::{DurableError, DurableStore, DurableTask};
+use axum_background::handler::{IntoErrorHandler, SharedErrorHandler};
 use axum_background::{
     Background, BackgroundTask, BoxError, RetryPolicy, TaskConfig, TaskError, TaskInfo, Tasks, mode,
 };
@@ -206,20 +207,18 @@ async fn post_root(app: Router) -> axum::response::Response {
 type Reported = Arc<Mutex<Vec<(String, String)>>>;
 
 /// A config whose error handler records into the list it comes with.
-fn reporting() -> (TaskConfig, Reported) {
+fn reporting() -> (SharedErrorHandler, Reported) {
     let reported = Reported::default();
-    let config = TaskConfig::builder()
-        .on_error({
-            let reported = Arc::clone(&reported);
-            move |info: &TaskInfo, error: &TaskError| {
-                reported
-                    .lock()
-                    .unwrap()
-                    .push((info.name.to_string(), error.to_string()));
-            }
-        })
-        .build();
-    (config, reported)
+    let handler = {
+        let reported = Arc::clone(&reported);
+        move |info: &TaskInfo, error: &TaskError| {
+            reported
+                .lock()
+                .unwrap()
+                .push((info.name.to_string(), error.to_string()));
+        }
+    };
+    (handler.into_shared(), reported)
 }
 
 #[tokio::test]
@@ -253,7 +252,7 @@ async fn a_scheduled_task_runs_in_this_process_and_is_done_in_the_store() {
     assert_eq!(seen, [1, 2]);
 
     let report = within("shutdown", background.shutdown(Duration::from_secs(5))).await;
-    assert!(report.overdue().is_empty(), "{report:?}");
+    assert!(&report.overdue.is_empty(), "{report:?}");
     assert_settled(background.stats());
     assert_eq!(background.stats().completed, 2);
     assert_eq!(
@@ -310,8 +309,8 @@ async fn a_failing_task_is_retried_then_reported_and_not_run_again() {
     let (reports, reported) = reporting();
     let config = TaskConfig::builder()
         .retry(RetryPolicy::attempts(3).backoff(Duration::from_millis(1)))
-        .build()
-        .merged_over(&reports);
+        .on_error(reports)
+        .build();
     let background = Background::builder()
         .durable(store.open().await)
         .register_with::<AlwaysFails>(config)
@@ -598,8 +597,8 @@ fn child_process() {
                 let report = background.shutdown(Duration::from_secs(10)).await;
                 println!(
                     "STOPPED completed={} overdue={}",
-                    report.completed().len(),
-                    report.overdue().len()
+                    report.finished.len(),
+                    report.overdue.len()
                 );
             }
             other => panic!("unknown child role {other}"),
@@ -790,9 +789,9 @@ async fn shutdown_lets_the_running_job_finish_and_leaves_the_rest_in_the_store()
     gate(&key).add_permits(1);
     let report = within("shutdown", shutdown).await.unwrap();
 
-    assert_eq!(report.completed().len(), 1, "{report:?}");
-    assert_eq!(report.completed()[0].name, "gated");
-    assert!(report.overdue().is_empty(), "{report:?}");
+    assert_eq!(report.finished.len(), 1, "{report:?}");
+    assert_eq!(&report.finished[0].info.name, "gated");
+    assert!(&report.overdue.is_empty(), "{report:?}");
     assert_eq!(runs(&key), [0], "no other job was started");
     assert_eq!(
         store.statuses().await,
@@ -818,7 +817,7 @@ async fn a_job_cut_off_by_the_grace_period_runs_again_on_the_next_start() {
         .unwrap();
     wait_runs(&key, 1).await;
     let report = within("shutdown", first.shutdown(Duration::from_millis(200))).await;
-    assert_eq!(report.overdue().len(), 1, "{report:?}");
+    assert_eq!(report.overdue.len(), 1, "{report:?}");
     assert_eq!(
         store.statuses().await,
         BTreeMap::from([("Failed".to_owned(), 1)]),
@@ -851,7 +850,8 @@ async fn a_job_the_store_refuses_is_an_error_or_goes_to_the_error_handler() {
         .await
         .unwrap()
         .without_workers();
-    let (config, reported) = reporting();
+    let (reports, reported) = reporting();
+    let config = TaskConfig::builder().on_error(reports).build();
     let background = Background::builder()
         .durable(store)
         .register_with::<Record>(config)

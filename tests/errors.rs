@@ -13,10 +13,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::routing::get;
+use axum_background::handler::IntoErrorHandler;
 use axum_background::mode::{self, ModeKind};
 use axum_background::{
-    Background, BackgroundTask, BlockingTask, ErrorHandler, IntoErrorHandler, Phase, RejectReason,
-    TaskConfig, TaskError, TaskHandle, TaskInfo, Tasks,
+    Background, BackgroundTask, BlockingTask, ErrorHandler, Phase, RejectReason, TaskConfig,
+    TaskError, TaskHandle, TaskInfo, Tasks,
 };
 use futures_util::FutureExt;
 use http_body_util::BodyExt;

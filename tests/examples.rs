@@ -253,7 +253,7 @@ fn shielding_lets_the_payment_finish_and_cancels_the_rest() {
         &[
             r#"client: POST /checkout/42 -> 200 OK {"order":42,"status":"accepted"}"#,
             "background: in flight [payment #1 (shielded), recommendations #2]",
-            "report: completed [payment #1 (shielded)]",
+            "report: finished  [payment #1 (shielded)]",
             "report: cancelled [recommendations #2]",
             "report: overdue []",
             "ledger: order 42: charged 1999 cents",

@@ -50,7 +50,7 @@ const FETCH_INVOICE_FAILED: &str = "fetch_invoice: task failed: upstream answere
 /// the handler has returned.
 async fn fail_with_handler<H, M>(handler: H)
 where
-    H: axum_background::IntoErrorHandler<M>,
+    H: axum_background::handler::IntoErrorHandler<M>,
 {
     let background = Background::new();
     let handle = background
@@ -234,7 +234,6 @@ async fn closure_returning_a_future_with_retry_gives_up_after_its_attempts() {
     let log: Log = Arc::default();
 
     let handle = background
-        .tasks()
         .task()
         .name("invoice")
         .retry(three_attempts())

@@ -21,10 +21,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
+use axum_background::handler::{IntoErrorHandler, SharedErrorHandler};
 use axum_background::{
-    Background, BackgroundTask, BoxError, OverflowPolicy, RejectReason, RetryPolicy,
-    SharedErrorHandler, TaskConfig, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo, Tasks,
-    mode,
+    Background, BackgroundTask, BoxError, OverflowPolicy, RejectReason, RetryPolicy, TaskConfig,
+    TaskContext, TaskError, TaskHandle, TaskId, TaskInfo, Tasks, mode,
 };
 use bytes::Bytes;
 use futures_util::stream;
@@ -1219,9 +1219,9 @@ async fn task_in_backoff_when_shutdown_begins_ends_cancelled_and_is_not_retried(
         1,
         "retried after shutdown began"
     );
-    assert_eq!(ids(&report.cancelled), [handle.id()]);
+    assert_eq!(ids(&util::infos(&report.cancelled)), [handle.id()]);
     assert!(
-        report.completed.is_empty() && report.overdue.is_empty(),
+        report.finished.is_empty() && report.overdue.is_empty(),
         "{report:?}"
     );
     assert_eq!(calls.kinds(), [(handle.id(), "cancelled")]);
@@ -1229,8 +1229,11 @@ async fn task_in_backoff_when_shutdown_begins_ends_cancelled_and_is_not_retried(
     assert_settled(background.stats());
 }
 
+/// The default config's retry policy is for durable task types: an
+/// in-process task runs once unless it is scheduled with its own policy
+/// (which checks at compile time that it can run again).
 #[tokio::test(start_paused = true)]
-async fn default_config_retry_applies_through_retryable_and_only_there() {
+async fn a_default_retry_policy_leaves_in_process_tasks_to_their_own() {
     let background = Background::builder()
         .default_config(
             TaskConfig::builder()
@@ -1238,19 +1241,13 @@ async fn default_config_retry_applies_through_retryable_and_only_there() {
                 .build(),
         )
         .build();
-    let (retryable, plain, own_policy) = (
-        Flaky::new(u32::MAX),
-        Flaky::new(u32::MAX),
-        Flaky::new(u32::MAX),
-    );
+    let (plain, own_policy) = (Flaky::new(u32::MAX), Flaky::new(u32::MAX));
     let app = Router::new()
         .route(
             "/jobs",
             get({
-                let (retryable, plain, own_policy) =
-                    (retryable.clone(), plain.clone(), own_policy.clone());
+                let (plain, own_policy) = (plain.clone(), own_policy.clone());
                 move |tasks: Tasks| async move {
-                    tasks.task().retryable().build().schedule(retryable);
                     tasks.schedule(plain);
                     tasks
                         .task()
@@ -1267,21 +1264,12 @@ async fn default_config_retry_applies_through_retryable_and_only_there() {
     within("every task", background.wait_idle()).await;
 
     assert_eq!(
-        retryable.count(),
-        3,
-        "the default policy applies via retryable()"
-    );
-    assert_eq!(
         plain.count(),
         1,
         "a task scheduled to run once is not retried"
     );
-    assert_eq!(
-        own_policy.count(),
-        2,
-        "a per-task policy overrides the default"
-    );
-    assert_eq!(background.stats().failed, 3);
+    assert_eq!(own_policy.count(), 2, "its own policy applies");
+    assert_eq!(background.stats().failed, 2);
 }
 
 // ---------------------------------------------------------------------------
@@ -1400,8 +1388,11 @@ async fn shutdown_cancels_unshielded_tasks_waiting_for_an_in_flight_slot_and_run
         queued.iter().partition(|handle| !handle.info().shielded);
     let mut cancelled = vec![holder.id()];
     cancelled.extend(handle_ids(unshielded.iter().copied()));
-    assert_eq!(ids(&report.cancelled), cancelled);
-    assert_eq!(ids(&report.completed), handle_ids(shielded.iter().copied()));
+    assert_eq!(ids(&util::infos(&report.cancelled)), cancelled);
+    assert_eq!(
+        ids(&util::infos(&report.finished)),
+        handle_ids(shielded.iter().copied())
+    );
     assert!(report.overdue.is_empty(), "{report:?}");
     assert_eq!(events.snapshot(), ["task 1", "task 3", "task 5"]);
     for handle in &unshielded {
@@ -1462,9 +1453,9 @@ async fn shutdown_cancels_unshielded_sync_tasks_waiting_for_a_blocking_slot_and_
         queued.iter().partition(|handle| !handle.info().shielded);
     let mut completed = vec![holder.id()];
     completed.extend(handle_ids(shielded.iter().copied()));
-    assert_eq!(ids(&report.completed), completed);
+    assert_eq!(ids(&util::infos(&report.finished)), completed);
     assert_eq!(
-        ids(&report.cancelled),
+        ids(&util::infos(&report.cancelled)),
         handle_ids(unshielded.iter().copied())
     );
     assert!(report.overdue.is_empty(), "{report:?}");
@@ -1488,9 +1479,10 @@ const RACE_WINDOW: Duration = Duration::from_millis(200);
 /// A sync error handler that waits up to [`RACE_WINDOW`] for a message on `ran`.
 fn wait_for_a_run(ran: std::sync::mpsc::Receiver<()>) -> SharedErrorHandler {
     let ran = Mutex::new(ran);
-    SharedErrorHandler::new(move |_: &TaskInfo, _: &TaskError| {
+    (move |_: &TaskInfo, _: &TaskError| {
         let _ = ran.lock().unwrap().recv_timeout(RACE_WINDOW);
     })
+    .into_shared()
 }
 
 /// Schedules, from a request whose response body is never sent, an
@@ -1559,8 +1551,11 @@ async fn unshielded_sync_task_queued_for_a_blocking_slot_never_starts_once_shutd
         matches!(outcome, Some(Err(TaskError::Cancelled))),
         "{outcome:?}"
     );
-    assert_eq!(ids(&report.completed), [holder.id()]);
-    assert_eq!(ids(&report.cancelled), [between.id(), queued.id()]);
+    assert_eq!(ids(&util::infos(&report.finished)), [holder.id()]);
+    assert_eq!(
+        ids(&util::infos(&report.cancelled)),
+        [between.id(), queued.id()]
+    );
 }
 
 /// As above, for a task queued for a `max_in_flight` slot behind a running
@@ -1589,7 +1584,7 @@ async fn unshielded_task_queued_for_an_in_flight_slot_never_starts_once_shutdown
         "{outcome:?}"
     );
     assert_eq!(
-        ids(&report.cancelled),
+        ids(&util::infos(&report.cancelled)),
         [holder.id(), between.id(), queued.id()]
     );
 }

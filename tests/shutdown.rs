@@ -130,8 +130,8 @@ async fn shielded_task_finishes_while_unshielded_async_task_is_cancelled() {
     gate.notify_one();
     let report = within("shutdown", &mut shutdown).await;
 
-    assert_eq!(ids(&report.completed), [shielded.id()]);
-    assert_eq!(ids(&report.cancelled), [unshielded.id()]);
+    assert_eq!(ids(&util::infos(&report.finished)), [shielded.id()]);
+    assert_eq!(ids(&util::infos(&report.cancelled)), [unshielded.id()]);
     assert!(report.overdue.is_empty(), "{report:?}");
     assert!(matches!(shielded.try_outcome(), Some(Ok(()))));
     assert!(shielded_done.load(Ordering::SeqCst));
@@ -231,8 +231,8 @@ async fn shutdown_rejects_then_cancels_then_waits_then_runs_hooks_then_reports()
             "report returned",
         ]
     );
-    assert_eq!(ids(&report.completed), [shielded.id()]);
-    assert_eq!(ids(&report.cancelled), [unshielded.id()]);
+    assert_eq!(ids(&util::infos(&report.finished)), [shielded.id()]);
+    assert_eq!(ids(&util::infos(&report.cancelled)), [unshielded.id()]);
     assert!(report.overdue.is_empty(), "{report:?}");
     let stats = background.stats();
     assert_eq!(
@@ -290,8 +290,8 @@ async fn shielded_task_outliving_grace_is_overdue_and_shutdown_returns_at_grace(
         elapsed <= grace + Duration::from_millis(50),
         "returned after {elapsed:?}, long after the grace"
     );
-    assert_eq!(ids(&report.completed), [quick.id()]);
-    assert_eq!(ids(&report.overdue), [slow.id()]);
+    assert_eq!(ids(&util::infos(&report.finished)), [quick.id()]);
+    assert_eq!(ids(&util::infos(&report.overdue)), [slow.id()]);
     assert!(report.cancelled.is_empty(), "{report:?}");
     assert!(matches!(quick.try_outcome(), Some(Ok(()))));
     let outcome = slow.try_outcome();
@@ -362,7 +362,7 @@ async fn task_that_ended_before_the_deadline_is_not_overdue_for_a_slow_handler()
         report.overdue.is_empty(),
         "listed overdue, yet its outcome is {outcome:?}, not Cancelled: {report:?}"
     );
-    assert_eq!(ids(&report.completed), [handle.id()]);
+    assert_eq!(ids(&util::infos(&report.finished)), [handle.id()]);
 }
 
 #[tokio::test]
@@ -400,7 +400,7 @@ async fn running_unshielded_sync_task_sees_cancellation_and_is_waited_for() {
         "shutdown returned before the sync task ended"
     );
     assert!(matches!(handle.try_outcome(), Some(Ok(()))));
-    assert_eq!(ids(&report.completed), [handle.id()]);
+    assert_eq!(ids(&util::infos(&report.finished)), [handle.id()]);
     assert!(
         report.cancelled.is_empty() && report.overdue.is_empty(),
         "{report:?}"
@@ -463,7 +463,7 @@ async fn running_unshielded_sync_task_awaiting_its_token_is_not_interrupted() {
         handle.try_outcome()
     );
     assert!(matches!(handle.try_outcome(), Some(Ok(()))));
-    assert_eq!(ids(&report.completed), [handle.id()]);
+    assert_eq!(ids(&util::infos(&report.finished)), [handle.id()]);
 }
 
 #[tokio::test]
@@ -491,9 +491,9 @@ async fn sync_task_ignoring_cancellation_past_grace_is_overdue() {
     let report = within("shutdown", background.shutdown(grace)).await;
     assert!(start.elapsed() >= grace);
 
-    assert_eq!(ids(&report.overdue), [handle.id()]);
+    assert_eq!(ids(&util::infos(&report.overdue)), [handle.id()]);
     assert!(
-        report.completed.is_empty() && report.cancelled.is_empty(),
+        report.finished.is_empty() && report.cancelled.is_empty(),
         "{report:?}"
     );
     let outcome = handle.try_outcome();
@@ -614,7 +614,7 @@ async fn schedules_after_shutdown_began_are_rejected() {
     gate.notify_one();
     let report = within("shutdown", &mut shutdown).await;
     // Only what was in flight when shutdown began is reported.
-    assert_eq!(ids(&report.completed), [keeper.id()]);
+    assert_eq!(ids(&util::infos(&report.finished)), [keeper.id()]);
     assert!(
         report.cancelled.is_empty() && report.overdue.is_empty(),
         "{report:?}"
@@ -685,9 +685,12 @@ async fn queued_unshielded_after_response_tasks_are_cancelled_without_starting()
 
     let report = within("shutdown", background.shutdown(Duration::from_secs(10))).await;
 
-    assert_eq!(ids(&report.cancelled), [future.id(), closure.id()]);
+    assert_eq!(
+        ids(&util::infos(&report.cancelled)),
+        [future.id(), closure.id()]
+    );
     assert!(
-        report.completed.is_empty() && report.overdue.is_empty(),
+        report.finished.is_empty() && report.overdue.is_empty(),
         "{report:?}"
     );
     for handle in [&future, &closure] {
@@ -795,8 +798,8 @@ async fn shielded_after_response_task_runs_once_the_draining_body_finishes() {
     within("server drained", server).await.unwrap().unwrap();
 
     let report = within("shutdown", &mut shutdown).await;
-    assert_eq!(ids(&report.completed), [shielded.id()]);
-    assert_eq!(ids(&report.cancelled), [unshielded.id()]);
+    assert_eq!(ids(&util::infos(&report.finished)), [shielded.id()]);
+    assert_eq!(ids(&util::infos(&report.cancelled)), [unshielded.id()]);
     assert!(report.overdue.is_empty(), "{report:?}");
     assert!(ran.load(Ordering::SeqCst));
     assert!(matches!(shielded.try_outcome(), Some(Ok(()))));
@@ -849,8 +852,8 @@ impl Kind {
 
 #[derive(Clone)]
 struct Stress {
-    plain: axum_background::ConfiguredTasks,
-    shielded: axum_background::ConfiguredTasks,
+    plain: axum_background::config::ConfiguredTasks,
+    shielded: axum_background::config::ConfiguredTasks,
     never: Arc<Notify>,
 }
 
@@ -986,16 +989,19 @@ async fn stress_every_task_is_accounted_for_exactly_once() {
 
     // The report: each task in flight when shutdown began, in exactly one list.
     let mut listed: HashMap<TaskId, &'static str> = HashMap::new();
-    for (list, infos) in [
-        ("completed", &report.completed),
+    for (list, entries) in [
+        ("finished", &report.finished),
         ("cancelled", &report.cancelled),
         ("overdue", &report.overdue),
     ] {
-        for info in infos {
-            assert!(
-                listed.insert(info.id, list).is_none(),
-                "task {} listed twice",
-                info.id
+        for entry in entries {
+            let id = entry.info.id;
+            assert!(listed.insert(id, list).is_none(), "task {id} listed twice");
+            let (_, outcome) = &outcomes[&id];
+            assert_eq!(
+                entry.outcome.as_ref().map_err(TaskError::kind),
+                outcome.as_ref().map_err(TaskError::kind),
+                "task {id}: the report's outcome is the handle's"
             );
         }
     }
@@ -1007,7 +1013,7 @@ async fn stress_every_task_is_accounted_for_exactly_once() {
         );
         let (kind, outcome) = &outcomes[id];
         let consistent = match *list {
-            "completed" => matches!(
+            "finished" => matches!(
                 outcome,
                 Ok(()) | Err(TaskError::Failed(_) | TaskError::Panicked(_))
             ),
@@ -1067,7 +1073,11 @@ async fn two_shutdowns_at_once_both_wait_for_a_shielded_task() {
     let first = within("the first shutdown", &mut first).await;
     let second = within("the second shutdown", &mut second).await;
     for report in [&first, &second] {
-        assert_eq!(ids(&report.completed), [shielded.id()], "{report:?}");
+        assert_eq!(
+            ids(&util::infos(&report.finished)),
+            [shielded.id()],
+            "{report:?}"
+        );
         assert!(
             report.cancelled.is_empty() && report.overdue.is_empty(),
             "{report:?}"
@@ -1106,7 +1116,11 @@ fn overdue_async_task_future_is_dropped_when_shutdown_returns() {
                 dropped.load(Ordering::SeqCst),
                 "round {round}: shutdown returned with the overdue task's future alive"
             );
-            assert_eq!(ids(&report.overdue), [handle.id()], "round {round}");
+            assert_eq!(
+                ids(&util::infos(&report.overdue)),
+                [handle.id()],
+                "round {round}"
+            );
             assert!(matches!(
                 handle.try_outcome(),
                 Some(Err(TaskError::Cancelled))

@@ -46,7 +46,7 @@ impl<'a> TaskEntry<'a> {
         let age = now.saturating_duration_since(info.scheduled_at);
         TaskEntry {
             id: info.id.as_u64(),
-            name: info.name(),
+            name: &info.name,
             phase: info.phase.as_str(),
             mode: info.mode.as_str(),
             shielded: info.shielded,
@@ -57,8 +57,8 @@ impl<'a> TaskEntry<'a> {
             },
             age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
             attempts: info.attempts,
-            method: info.method().map(http::Method::as_str),
-            path: info.path(),
+            method: info.method.as_ref().map(http::Method::as_str),
+            path: info.path.as_deref(),
         }
     }
 }

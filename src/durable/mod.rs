@@ -262,11 +262,6 @@ impl DurableTasks {
         self.tasks.after_response().durable()
     }
 
-    /// The same scheduler: the job is written now.
-    pub fn immediate(&self) -> DurableTasks {
-        self.tasks.immediate().durable()
-    }
-
     /// Writes `task` to the store, to be run by a worker at least once.
     ///
     /// In [`Phase::Immediate`] (the default) the job is in the store when
@@ -290,11 +285,11 @@ impl DurableTasks {
             task: T::NAME.to_owned(),
             args,
         };
-        match self.tasks.phase() {
+        match self.tasks.phase().unwrap_or_default() {
             Phase::Immediate => {
                 durable.store.push(&id, job).await?;
             }
-            phase => {
+            _ => {
                 let store = durable.store.clone();
                 let config = TaskConfig {
                     name: Some(format!("{}:enqueue", T::NAME).into()),
@@ -303,11 +298,7 @@ impl DurableTasks {
                 };
                 let job_id = id.clone();
                 self.tasks
-                    .in_phase(phase)
-                    .task()
-                    .config(config)
-                    .build()
-                    .schedule(async move { store.push(&job_id, job).await });
+                    .schedule_once(async move { store.push(&job_id, job).await }, config);
             }
         }
         Ok(id)

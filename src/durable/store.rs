@@ -167,6 +167,7 @@ impl DurableStore {
     /// The queue this store writes to and works on (default
     /// `"axum-background"`). Processes share work through a queue of the
     /// same name; each must register every task type stored in it.
+    #[must_use]
     pub fn queue(mut self, name: impl Into<String>) -> Self {
         self.options.queue = name.into();
         self
@@ -174,18 +175,21 @@ impl DurableStore {
 
     /// This process only schedules: it runs no workers (others, sharing the
     /// store, do). By default a `Background` runs workers.
+    #[must_use]
     pub fn without_workers(mut self) -> Self {
         self.options.workers = false;
         self
     }
 
     /// How many jobs this process runs at once (default 16; `0` is taken as 1).
+    #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.options.concurrency = n.max(1);
         self
     }
 
     /// How often an idle worker looks for new jobs (default 100 ms).
+    #[must_use]
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.options.poll_interval = every;
         self
@@ -195,6 +199,7 @@ impl DurableStore {
     /// beats it may miss (default 3) before its jobs are given to another
     /// worker. A job held by a worker that died runs again after
     /// `interval × missed`.
+    #[must_use]
     pub fn heartbeat(mut self, interval: Duration, missed: usize) -> Self {
         self.options.heartbeat_interval = interval.max(Duration::from_secs(1));
         self.options.missed_heartbeats = missed.max(1);
@@ -204,6 +209,7 @@ impl DurableStore {
     /// How many times a job may be taken by a worker and cut off by a
     /// shutdown before it is given up (default 25). Failures are retried by
     /// the task's [`RetryPolicy`](crate::RetryPolicy), not by this.
+    #[must_use]
     pub fn max_deliveries(mut self, n: usize) -> Self {
         self.options.max_deliveries = n.max(1);
         self
@@ -212,6 +218,7 @@ impl DurableStore {
     /// The prefix of this process's worker names (default: the queue's
     /// name). Each worker's name is made unique with the process id and a
     /// random suffix: a stable name would keep a crashed worker's jobs locked.
+    #[must_use]
     pub fn worker_name(mut self, prefix: impl Into<String>) -> Self {
         self.options.worker_name = Some(prefix.into());
         self

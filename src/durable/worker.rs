@@ -19,7 +19,7 @@ use crate::background::Shared;
 use crate::config::TaskConfig;
 use crate::error::TaskError;
 use crate::handle::TaskHandle;
-use crate::{BackgroundTask, BoxError, Phase};
+use crate::{BackgroundTask, BoxError};
 
 /// This process's workers: started once a runtime is known, stopped by
 /// shutdown (or when the last `Background` clone is dropped).
@@ -191,7 +191,6 @@ pub(crate) fn run_job<T: DurableTask>(
             args,
             _task: PhantomData,
         },
-        Phase::Immediate,
         config,
     )
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::TaskError;
+use crate::outcome::OutcomeKind;
 
 /// Counters of everything a [`Background`](crate::Background) has scheduled.
 ///
@@ -63,12 +64,8 @@ pub(crate) struct Counters {
     scheduled: AtomicU64,
     queued: AtomicU64,
     running: AtomicU64,
-    completed: AtomicU64,
-    failed: AtomicU64,
-    panicked: AtomicU64,
-    timed_out: AtomicU64,
-    cancelled: AtomicU64,
-    rejected: AtomicU64,
+    /// Ended tasks, by [`OutcomeKind::index`].
+    ended: [AtomicU64; OutcomeKind::ALL.len()],
 }
 
 impl Counters {
@@ -88,29 +85,22 @@ impl Counters {
         } else {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
-        let counter = match outcome {
-            Ok(()) => &self.completed,
-            Err(TaskError::Failed(_)) => &self.failed,
-            Err(TaskError::Panicked(_)) => &self.panicked,
-            Err(TaskError::TimedOut) => &self.timed_out,
-            Err(TaskError::Cancelled) => &self.cancelled,
-            Err(TaskError::Rejected(_)) => &self.rejected,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.ended[OutcomeKind::of(outcome).index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let ended = |kind: OutcomeKind| read(&self.ended[kind.index()]);
         Stats {
             scheduled: read(&self.scheduled),
             queued: read(&self.queued),
             running: read(&self.running),
-            completed: read(&self.completed),
-            failed: read(&self.failed),
-            panicked: read(&self.panicked),
-            timed_out: read(&self.timed_out),
-            cancelled: read(&self.cancelled),
-            rejected: read(&self.rejected),
+            completed: ended(OutcomeKind::Completed),
+            failed: ended(OutcomeKind::Failed),
+            panicked: ended(OutcomeKind::Panicked),
+            timed_out: ended(OutcomeKind::TimedOut),
+            cancelled: ended(OutcomeKind::Cancelled),
+            rejected: ended(OutcomeKind::Rejected),
         }
     }
 }

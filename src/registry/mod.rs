@@ -110,8 +110,8 @@ impl Registry {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    pub(crate) fn wait_idle(&self) -> WaitIdle<'_> {
-        WaitIdle {
+    pub(crate) fn wait_idle(&self) -> WaitIdleFuture<'_> {
+        WaitIdleFuture {
             registry: self,
             notified: self.idle.notified(),
         }
@@ -121,14 +121,14 @@ impl Registry {
 pin_project! {
     /// Resolves when no task is in flight. See [`Background::wait_idle`](crate::Background::wait_idle).
     #[must_use = "futures do nothing unless polled"]
-    pub struct WaitIdle<'a> {
+    pub struct WaitIdleFuture<'a> {
         registry: &'a Registry,
         #[pin]
         notified: Notified<'a>,
     }
 }
 
-impl Future for WaitIdle<'_> {
+impl Future for WaitIdleFuture<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -145,9 +145,9 @@ impl Future for WaitIdle<'_> {
     }
 }
 
-impl std::fmt::Debug for WaitIdle<'_> {
+impl std::fmt::Debug for WaitIdleFuture<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WaitIdle")
+        f.debug_struct("WaitIdleFuture")
             .field("in_flight", &self.registry.len())
             .finish()
     }

@@ -110,3 +110,8 @@ impl Drop for DropFlag {
         self.0.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// The tasks of a shutdown report's list.
+pub fn infos(entries: &[axum_background::ShutdownEntry]) -> Vec<axum_background::TaskInfo> {
+    entries.iter().map(|entry| entry.info.clone()).collect()
+}
