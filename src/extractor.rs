@@ -126,6 +126,7 @@ impl Tasks {
     }
 
     /// The phase chosen for this scheduler, if any.
+    #[cfg(feature = "durable")]
     pub(crate) fn phase(&self) -> Option<Phase> {
         self.phase
     }
