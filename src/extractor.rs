@@ -9,9 +9,9 @@ use http::StatusCode;
 use http::request::Parts;
 
 use crate::Phase;
-use crate::background::Shared;
 use crate::config::{Scheduler, TaskBuilder, TaskConfig};
 use crate::handle::TaskHandle;
+use crate::inner::Shared;
 use crate::request::RequestScope;
 use crate::task::{IntoBackgroundTask, Rerunnable};
 
@@ -145,8 +145,7 @@ impl Tasks {
     where
         T: IntoBackgroundTask<M>,
     {
-        self.shared()
-            .schedule(task, self.scope(), self.phase, config)
+        crate::schedule::once(self.shared(), task, self.scope(), self.phase, config)
     }
 
     /// Schedules a task that may run again, under `config`'s retry policy.
@@ -154,8 +153,7 @@ impl Tasks {
     where
         T: Rerunnable<M>,
     {
-        self.shared()
-            .schedule_rerunnable(task, self.scope(), self.phase, config)
+        crate::schedule::rerunnable(self.shared(), task, self.scope(), self.phase, config)
     }
 }
 

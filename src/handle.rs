@@ -9,8 +9,8 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::Notified;
 
+use crate::cancel::CancelOutcome;
 use crate::registry::TaskCell;
-use crate::shutdown::CancelOutcome;
 use crate::{TaskError, TaskId, TaskInfo};
 
 /// A scheduled task, seen from outside: its id, its state, its outcome.
@@ -29,7 +29,7 @@ impl TaskHandle {
 
     /// Cancels the task; see [`Background::cancel`](crate::Background::cancel).
     pub fn cancel(&self) -> CancelOutcome {
-        self.cell.shared.cancel_now(&self.cell)
+        crate::cancel::cancel(&self.cell)
     }
 
     /// The task's id.

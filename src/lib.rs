@@ -121,29 +121,37 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
 mod background;
+mod cancel;
 pub mod config;
 mod context;
 #[cfg(feature = "durable")]
 #[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
 pub mod durable;
+mod end;
 mod error;
+mod extension;
 mod extractor;
 mod handle;
 pub mod handler;
+mod hook;
 mod info;
+mod inner;
 pub mod layer;
 mod limits;
 mod metrics;
 pub mod mode;
+mod name;
 mod outcome;
 mod phase;
 mod registry;
 mod request;
-mod runner;
+mod run;
+mod schedule;
 pub mod shutdown;
 pub mod task;
 
 pub use background::{Background, BackgroundBuilder};
+pub use cancel::CancelOutcome;
 pub use config::TaskConfig;
 pub use context::TaskContext;
 pub use error::{RejectReason, TaskError};
@@ -154,7 +162,7 @@ pub use info::{TaskId, TaskInfo};
 pub use limits::{OverflowPolicy, RetryPolicy};
 pub use phase::Phase;
 pub use registry::Stats;
-pub use shutdown::{CancelOutcome, ShutdownEntry, ShutdownHook, ShutdownReport, shutdown_signal};
+pub use shutdown::{ShutdownEntry, ShutdownHook, ShutdownReport, shutdown_signal};
 pub use task::{BackgroundTask, BlockingTask};
 
 /// The futures of this crate, named for what they wait on.

@@ -211,6 +211,18 @@ impl Permit {
     }
 }
 
+/// How a task is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Rejected once shutdown has begun, or by a full `max_in_flight` with
+    /// the reject policy.
+    Standard,
+    /// Work already committed to (taken out of a durable store): admitted
+    /// during shutdown, and waits for a slot whatever the overflow policy.
+    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
+    Committed,
+}
+
 /// The limits a `Background` was built with.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Limits {
@@ -225,13 +237,13 @@ impl Limits {
     /// The in-flight permit for a task about to start; `Err` when the limit
     /// is reached and the policy is to reject.
     ///
-    /// `always_wait`: wait whatever the policy (a job from the durable store).
-    pub(crate) fn admit(&self, always_wait: bool) -> Result<Option<Permit>, RejectReason> {
+    /// A [`Admission::Committed`] task waits whatever the policy.
+    pub(crate) fn admit(&self, admission: Admission) -> Result<Option<Permit>, RejectReason> {
         let Some((semaphore, limit)) = &self.in_flight else {
             return Ok(None);
         };
-        match self.overflow {
-            OverflowPolicy::Reject if !always_wait => Arc::clone(semaphore)
+        match (self.overflow, admission) {
+            (OverflowPolicy::Reject, Admission::Standard) => Arc::clone(semaphore)
                 .try_acquire_owned()
                 .map(|permit| Some(Permit::Held(permit)))
                 .map_err(|_| RejectReason::LimitReached { limit: *limit }),

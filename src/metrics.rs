@@ -25,8 +25,8 @@ mod enabled {
     use rustc_hash::FxBuildHasher;
 
     use crate::Phase;
+    use crate::name::TaskName;
     use crate::outcome::OutcomeKind;
-    use crate::task::TaskName;
 
     const SCHEDULED: &str = "background_tasks_scheduled_total";
     const ENDED: &str = "background_tasks_ended_total";

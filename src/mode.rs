@@ -1,20 +1,9 @@
-//! The two execution modes, fixed at compile time by a task's type.
-//!
-//! This is the only module that hands work to tokio: [`Async`] spawns the
-//! task's future on the runtime, [`Sync`] runs it to completion on a thread of
-//! tokio's blocking pool. The choice is made by dispatching on the task's
-//! associated `Mode` type, so there is no runtime branch on a mode value.
+//! The two execution modes, fixed at compile time by a task's type:
+//! [`Async`] tasks run on the tokio runtime, [`Sync`] tasks on its blocking
+//! pool. The runner (`run/mod.rs`) starts a task by its mode's
+//! [`KIND`](Mode::KIND), a constant: each task type compiles to one path.
 
 use std::fmt;
-use std::future::Future;
-
-use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
-use tracing::{Instrument, Span};
-
-use crate::limits::Permit;
-use crate::runner::{Exec, Job};
-use crate::task::Attempts;
 
 mod sealed {
     pub trait Sealed {}
@@ -24,10 +13,6 @@ mod sealed {
 pub trait Mode: sealed::Sealed + Send + 'static {
     /// The mode as a value, for [`TaskInfo`](crate::TaskInfo) and logs.
     const KIND: ModeKind;
-
-    /// Starts a task the way this mode runs tasks.
-    #[doc(hidden)]
-    fn start<A: Attempts>(runtime: &Handle, job: Job<A>);
 }
 
 /// Runs on tokio's blocking pool: blocking calls are fine, and the task may
@@ -46,73 +31,10 @@ impl sealed::Sealed for Async {}
 
 impl Mode for Sync {
     const KIND: ModeKind = ModeKind::Sync;
-
-    fn start<A: Attempts>(runtime: &Handle, mut job: Job<A>) {
-        // Ask for a thread permit now, so that tasks get threads in schedule
-        // order, but only with the in-flight slot in hand: a task never holds
-        // a thread permit while it waits for a slot (the other order could
-        // deadlock with a task holding a slot while it waits for a thread).
-        if job.slot.as_ref().is_none_or(Permit::is_held) {
-            job.blocking = job
-                .membership
-                .shared()
-                .limits
-                .blocking
-                .as_ref()
-                .map(Permit::request);
-        }
-        let span = job.take_span();
-        if job.is_simple() {
-            // One blocking thread does it all; it holds the thread permit.
-            let permit = job.take_held_blocking_permit();
-            let driver = runtime.clone();
-            spawn_blocking(runtime, move || {
-                let _permit = permit;
-                let _entered = span.as_ref().map(Span::enter);
-                driver.block_on(job.run_simple());
-            });
-        } else {
-            // Waits (for a slot, a deadline, a backoff) happen on the runtime;
-            // each attempt gets a blocking thread.
-            let driver = runtime.clone();
-            spawn(runtime, span, job.run(Exec::Blocking(driver)));
-        }
-    }
 }
 
 impl Mode for Async {
     const KIND: ModeKind = ModeKind::Async;
-
-    fn start<A: Attempts>(runtime: &Handle, mut job: Job<A>) {
-        let span = job.take_span();
-        if job.is_simple_inline() {
-            spawn(runtime, span, job.run_simple());
-        } else {
-            spawn(runtime, span, job.run(Exec::Inline));
-        }
-    }
-}
-
-/// Spawns `work` on the runtime, in `span` if there is one. Dropping the
-/// join handle detaches it: the work reports its own outcome.
-fn spawn<F>(runtime: &Handle, span: Option<Span>, work: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    match span {
-        Some(span) => drop(runtime.spawn(work.instrument(span))),
-        None => drop(runtime.spawn(work)),
-    }
-}
-
-/// Runs `work` on the blocking pool. Dropping the join handle detaches it:
-/// the work reports its own outcome.
-pub(crate) fn spawn_blocking<F, R>(runtime: &Handle, work: F) -> JoinHandle<R>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    runtime.spawn_blocking(work)
 }
 
 /// Which mode a task runs in, as a value: what [`TaskInfo::mode`](crate::TaskInfo) holds.

@@ -26,7 +26,7 @@ use http::request::Parts;
 use tracing::Span;
 
 use crate::Phase;
-use crate::background::Shared;
+use crate::inner::Shared;
 
 /// A task waiting for its phase. Called under the request's lock with its
 /// ticket, it requests its permits and hands the task to its mode; a task it

@@ -1,21 +1,21 @@
-//! Graceful shutdown: [`Background::shutdown`], [`ShutdownReport`] and [`ShutdownHook`].
+//! Graceful shutdown: [`Background::shutdown`], [`ShutdownReport`], and the
+//! [`ShutdownHook`]s it runs.
+
+#[doc(hidden)]
+pub use crate::hook::{FnHook, PluginHook, SharedShutdownHook};
+pub use crate::hook::{IntoShutdownHook, ShutdownHook};
 
 use std::collections::HashSet;
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use tokio::time::Instant;
 
-use crate::background::{Background, Shared};
-use crate::mode::ModeKind;
+use crate::background::Background;
+use crate::cancel;
+use crate::end::{self, How};
 use crate::outcome::{OutcomeKind, ShutdownList};
 use crate::registry::TaskCell;
-use crate::{TaskError, TaskId, TaskInfo};
+use crate::{TaskError, TaskInfo};
 
 /// What [`Background::shutdown`] did with every task in flight when it began.
 ///
@@ -64,140 +64,6 @@ impl ShutdownReport {
     }
 }
 
-/// A plugin run by [`Background::shutdown`] after the tasks have settled.
-///
-/// Closures work too: any `Fn() -> impl Future<Output = ()>` (such as an
-/// `async fn flush_metrics()`) is a hook.
-///
-/// ```
-/// use axum_background::{Background, ShutdownHook};
-///
-/// struct FlushLogs;
-///
-/// impl ShutdownHook for FlushLogs {
-///     async fn on_shutdown(&self) { /* flush */ }
-/// }
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let background = Background::builder()
-///     .shutdown_hook(FlushLogs)
-///     .shutdown_hook(|| async { println!("bye") })
-///     .build();
-/// # }
-/// ```
-pub trait ShutdownHook: Send + Sync + 'static {
-    /// Runs once, during shutdown.
-    fn on_shutdown(&self) -> impl Future<Output = ()> + Send;
-}
-
-type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-trait DynShutdownHook: Send + Sync + 'static {
-    fn on_shutdown_boxed(&self) -> BoxFuture<'_>;
-}
-
-impl<H: ShutdownHook> DynShutdownHook for H {
-    fn on_shutdown_boxed(&self) -> BoxFuture<'_> {
-        Box::pin(self.on_shutdown())
-    }
-}
-
-/// Anything `shutdown_hook` accepts: a [`ShutdownHook`], or a
-/// `Fn() -> impl Future<Output = ()>`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be used as a shutdown hook",
-    note = "shutdown_hook accepts a type implementing `ShutdownHook`, or a `Fn() -> impl Future<Output = ()> + Send` such as an `async fn`"
-)]
-pub trait IntoShutdownHook<M>: Send + Sync + 'static {
-    #[doc(hidden)]
-    fn into_hook(self) -> SharedShutdownHook;
-}
-
-#[doc(hidden)]
-#[derive(Debug)]
-pub enum PluginHook {}
-#[doc(hidden)]
-#[derive(Debug)]
-pub enum FnHook {}
-
-/// A type-erased shutdown hook.
-#[doc(hidden)]
-#[derive(Clone)]
-pub struct SharedShutdownHook {
-    hook: Arc<dyn DynShutdownHook>,
-    type_name: &'static str,
-}
-
-impl fmt::Debug for SharedShutdownHook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SharedShutdownHook")
-            .field(&self.type_name)
-            .finish()
-    }
-}
-
-impl<H: ShutdownHook> IntoShutdownHook<PluginHook> for H {
-    fn into_hook(self) -> SharedShutdownHook {
-        SharedShutdownHook {
-            hook: Arc::new(self),
-            type_name: std::any::type_name::<H>(),
-        }
-    }
-}
-
-struct FnShutdownHook<F>(F);
-
-impl<F, Fut> ShutdownHook for FnShutdownHook<F>
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    fn on_shutdown(&self) -> impl Future<Output = ()> + Send {
-        (self.0)()
-    }
-}
-
-impl<F, Fut> IntoShutdownHook<FnHook> for F
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    fn into_hook(self) -> SharedShutdownHook {
-        SharedShutdownHook {
-            hook: Arc::new(FnShutdownHook(self)),
-            type_name: std::any::type_name::<F>(),
-        }
-    }
-}
-
-/// The hooks a `Background` runs at shutdown, in registration order.
-#[derive(Clone, Default)]
-pub(crate) struct ShutdownHooks(Vec<SharedShutdownHook>);
-
-impl ShutdownHooks {
-    pub(crate) fn push<H: IntoShutdownHook<M>, M>(&mut self, hook: H) {
-        self.0.push(hook.into_hook());
-    }
-
-    async fn run(&self) {
-        for hook in &self.0 {
-            let run = std::panic::AssertUnwindSafe(hook.hook.on_shutdown_boxed()).catch_unwind();
-            if run.await.is_err() {
-                tracing::error!(hook = hook.type_name, "shutdown hook panicked");
-            }
-        }
-    }
-}
-
-impl fmt::Debug for ShutdownHooks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|hook| hook.type_name))
-            .finish()
-    }
-}
-
 impl Background {
     /// Shuts down gracefully, after the server has stopped taking requests
     /// (`axum::serve(..).with_graceful_shutdown(..)` has returned), and says
@@ -236,13 +102,10 @@ impl Background {
     /// the cancelled tasks cancelled, but skips the deadline and the hooks.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let shared = &self.shared;
-        // SeqCst: pairs with the load in `Shared::schedule` (see there).
-        shared.closing.store(true, Ordering::SeqCst);
-        // Durable workers stop taking jobs; those they hold run on, shielded.
-        #[cfg(feature = "durable")]
-        if let Some(durable) = &shared.durable {
-            durable.workers.stop();
-        }
+        shared.close();
+        // Plug-ins take no new work (durable workers stop taking jobs; those
+        // they hold run on, shielded).
+        shared.extensions.on_close();
         let deadline = Instant::now() + grace;
         let mut cells = shared.registry.cells();
         cells.sort_by_key(|cell| cell.id);
@@ -256,11 +119,9 @@ impl Background {
         // task cannot start an unshielded one that was waiting for it.
         let unshielded = || cells.iter().filter(|cell| !cell.shielded);
         for cell in unshielded() {
-            if cell.try_finish_queued(Err(TaskError::Cancelled)) {
-                cell.request_cancel();
-                shared.report_dropped(cell, false);
-            }
+            let _ = end::end(cell, Err(TaskError::Cancelled), How::CancelQueued);
         }
+        // Running ones are asked to stop; their runners end them.
         for cell in unshielded() {
             cell.request_cancel();
         }
@@ -277,7 +138,7 @@ impl Background {
             {
                 continue;
             }
-            if shared.cancel_now(cell).is_cancelled() {
+            if cancel::cancel(cell).is_cancelled() {
                 tracing::warn!(
                     task.id = %cell.id,
                     task.name = %cell.name(),
@@ -290,15 +151,9 @@ impl Background {
             }
         }
 
-        // The workers write their last outcomes and put back the jobs they
-        // had taken but not started; a short flush is allowed past `grace`.
-        #[cfg(feature = "durable")]
-        if let Some(durable) = &shared.durable {
-            durable
-                .workers
-                .join(deadline, std::time::Duration::from_secs(2))
-                .await;
-        }
+        // Plug-ins finish what is left (durable workers write their last
+        // outcomes and put back the jobs they had not started).
+        shared.extensions.drain(deadline).await;
 
         shared.hooks.run().await;
 
@@ -328,73 +183,6 @@ impl Background {
             "background shutdown finished"
         );
         report
-    }
-}
-
-impl Shared {
-    /// Cancels one task on request: it ends now as [`TaskError::Cancelled`].
-    /// A queued task never starts; a running async task is dropped at its next
-    /// poll; a running sync task's cancellation fires but its thread runs on
-    /// (its eventual result is ignored).
-    pub(crate) fn cancel_now(self: &Arc<Self>, cell: &Arc<TaskCell>) -> CancelOutcome {
-        // Claim first, then signal: the task's runner must find the outcome taken.
-        match cell.try_finish(Err(TaskError::Cancelled)) {
-            Some(true) if cell.mode == ModeKind::Async => {
-                // Its runner reports once the future is dropped, unless its
-                // work ended as this claim was made and the runner is gone.
-                let report_here = cell.delegate_report();
-                cell.request_cancel();
-                if report_here {
-                    self.report_dropped(cell, true);
-                }
-                CancelOutcome::Cancelled
-            }
-            Some(was_started) => {
-                cell.request_cancel();
-                self.report_dropped(cell, was_started);
-                CancelOutcome::Cancelled
-            }
-            None => CancelOutcome::AlreadyEnded,
-        }
-    }
-}
-
-/// What [`TaskHandle::cancel`](crate::TaskHandle::cancel) or
-/// [`Background::cancel`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-#[must_use = "says whether the task was cancelled or had already ended"]
-pub enum CancelOutcome {
-    /// The task was in flight and now ends as [`TaskError::Cancelled`].
-    Cancelled,
-    /// The task had already ended (or was ending): nothing changed.
-    AlreadyEnded,
-    /// No task with this id was ever scheduled by this `Background`.
-    Unknown,
-}
-
-impl CancelOutcome {
-    /// Whether this call cancelled the task.
-    pub fn is_cancelled(self) -> bool {
-        self == CancelOutcome::Cancelled
-    }
-}
-
-impl Background {
-    /// Cancels the task with this id: it ends as [`TaskError::Cancelled`],
-    /// exactly once (logged, passed to its error handler, counted).
-    ///
-    /// A queued task never starts; a running async task is dropped at its next
-    /// `.await`; a running sync task cannot be interrupted: its
-    /// [`TaskContext`](crate::TaskContext) cancellation fires and its thread
-    /// runs on, its eventual result ignored. Shielding protects from shutdown,
-    /// not from this explicit request.
-    pub fn cancel(&self, id: TaskId) -> CancelOutcome {
-        match self.shared.registry.get(id) {
-            Some(cell) => self.shared.cancel_now(&cell),
-            None if self.shared.registry.was_issued(id) => CancelOutcome::AlreadyEnded,
-            None => CancelOutcome::Unknown,
-        }
     }
 }
 

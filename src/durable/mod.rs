@@ -84,10 +84,20 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::background::Shared;
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::time::Instant;
+
+use crate::background::BackgroundBuilder;
 use crate::config::TaskConfig;
+use crate::extension::Extension;
 use crate::extractor::Tasks;
 use crate::handle::TaskHandle;
+use crate::inner::Shared;
 use crate::{BackgroundTask, BoxError, Phase};
 
 pub use store::DurableStore;
@@ -205,24 +215,15 @@ pub(crate) fn registration<T: DurableTask>(config: TaskConfig) -> Registration {
     }
 }
 
-/// The durable side of a [`Background`](crate::Background): its store, the
-/// registered types, and the workers (if this process runs any).
+/// The durable side of a [`Background`](crate::Background), plugged in as
+/// an extension: its store, the registered types, and the workers (if this
+/// process runs any).
+#[derive(Debug, Default)]
 pub(crate) struct Durable {
-    pub(crate) store: DurableStore,
+    /// `Some` once the builder was given a store.
+    pub(crate) store: Option<DurableStore>,
     pub(crate) registry: Registry,
     pub(crate) workers: Workers,
-    /// The `Shared` this belongs to, for the workers (weak: they must not
-    /// keep it alive).
-    pub(crate) shared: std::sync::Weak<Shared>,
-}
-
-impl fmt::Debug for Durable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Durable")
-            .field("store", &self.store)
-            .field("tasks", &self.registry.keys().collect::<Vec<_>>())
-            .finish()
-    }
 }
 
 impl Durable {
@@ -231,6 +232,76 @@ impl Durable {
             Some(registration) if registration.type_id == TypeId::of::<T>() => Ok(registration),
             _ => Err(DurableError::NotRegistered { name: T::NAME }),
         }
+    }
+}
+
+impl Extension for Durable {
+    fn on_runtime(&self, shared: &Arc<Shared>, runtime: &Handle) {
+        if let Some(store) = &self.store {
+            self.workers.start(runtime, store, Arc::downgrade(shared));
+        }
+    }
+
+    fn on_close(&self) {
+        self.workers.stop();
+    }
+
+    fn drain(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        // The workers write their last outcomes and put back the jobs they
+        // had taken but not started; a short flush is allowed past the grace.
+        Box::pin(self.workers.join(deadline, Duration::from_secs(2)))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl BackgroundBuilder {
+    /// Keeps durable tasks in `store` and, unless the store says
+    /// [`without_workers`](DurableStore::without_workers), runs workers for
+    /// them in this process. See [`crate::durable`].
+    pub fn durable(mut self, store: DurableStore) -> Self {
+        self.extensions.get_or_default::<Durable>().store = Some(store);
+        self
+    }
+
+    /// Registers the durable task type `T` under [`T::NAME`](DurableTask::NAME),
+    /// with the default config: workers can then rebuild it from the store.
+    pub fn register<T: DurableTask>(self) -> Self {
+        self.register_with::<T>(TaskConfig::default())
+    }
+
+    /// As [`register`](Self::register), with settings for every run of `T`
+    /// (over the default config): its retry policy, timeout and error
+    /// handler. Its name is always `T::NAME`, it always starts at once, and
+    /// it is always shielded.
+    ///
+    /// Registering a second type under a name already taken keeps the first
+    /// (and logs an error); scheduling the second then fails with
+    /// [`DurableError::NotRegistered`].
+    pub fn register_with<T: DurableTask>(mut self, config: TaskConfig) -> Self {
+        let config = TaskConfig {
+            name: None,
+            phase: None,
+            ..config
+        };
+        let registry = &mut self.extensions.get_or_default::<Durable>().registry;
+        match registry.entry(T::NAME) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(registration::<T>(config));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => tracing::error!(
+                name = T::NAME,
+                task = std::any::type_name::<T>(),
+                "another durable task type is already registered under this name; not registered"
+            ),
+        }
+        self
     }
 }
 
@@ -277,7 +348,11 @@ impl DurableTasks {
     /// [`DurableError::Store`] when the store refused it (immediate phase).
     pub async fn schedule<T: DurableTask>(&self, task: T) -> Result<JobId, DurableError> {
         let shared = self.tasks.shared();
-        let durable = shared.durable.as_ref().ok_or(DurableError::NotConfigured)?;
+        let durable = shared
+            .extensions
+            .get::<Durable>()
+            .ok_or(DurableError::NotConfigured)?;
+        let store = durable.store.as_ref().ok_or(DurableError::NotConfigured)?;
         let registration = durable.lookup::<T>()?;
         let args = serde_json::to_value(&task).map_err(DurableError::Encode)?;
         let id = JobId::generate();
@@ -287,10 +362,10 @@ impl DurableTasks {
         };
         match self.tasks.phase().unwrap_or_default() {
             Phase::Immediate => {
-                durable.store.push(&id, job).await?;
+                store.push(&id, job).await?;
             }
             _ => {
-                let store = durable.store.clone();
+                let store = store.clone();
                 let config = TaskConfig {
                     name: Some(format!("{}:enqueue", T::NAME).into()),
                     shield: Some(true),

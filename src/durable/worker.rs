@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{Backend, Job};
 use super::{DurableStore, DurableTask};
-use crate::background::Shared;
 use crate::config::TaskConfig;
 use crate::error::TaskError;
 use crate::handle::TaskHandle;
+use crate::inner::Shared;
 use crate::{BackgroundTask, BoxError};
 
 /// This process's workers: started once a runtime is known, stopped by
@@ -148,7 +148,7 @@ async fn execute(shared: Weak<Shared>, job: Job) -> Result<(), BoxDynError> {
     let Some(shared) = shared.upgrade() else {
         return Err(requeue("the Background was dropped"));
     };
-    let Some(durable) = shared.durable.as_ref() else {
+    let Some(durable) = shared.extensions.get::<super::Durable>() else {
         return Err(requeue("no durable store"));
     };
     let Some(registration) = durable.registry.get(job.task.as_str()) else {
@@ -163,9 +163,7 @@ async fn execute(shared: Weak<Shared>, job: Job) -> Result<(), BoxDynError> {
     match handle.outcome().await {
         Ok(()) => Ok(()),
         // Cut off by shutdown: leave it for the next worker.
-        Err(TaskError::Cancelled) if shared.closing.load(std::sync::atomic::Ordering::Acquire) => {
-            Err(requeue("cut off by shutdown"))
-        }
+        Err(TaskError::Cancelled) if shared.is_closing() => Err(requeue("cut off by shutdown")),
         // Failed after its retries (already reported), or cancelled on request.
         Err(error) => Err(Box::new(AbortError::new(error))),
     }
@@ -186,7 +184,8 @@ pub(crate) fn run_job<T: DurableTask>(
         shield: Some(true),
         ..config.clone()
     };
-    shared.schedule_stored(
+    crate::schedule::committed(
+        shared,
         Stored::<T> {
             args,
             _task: PhantomData,

@@ -7,8 +7,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{PhaseGuard, ResponseBody, ResponseFuture};
-use crate::background::Shared;
 use crate::extractor::RequestTasks;
+use crate::inner::Shared;
 use crate::request::RequestScope;
 
 /// Applies [`BackgroundService`]; from [`Background::layer`](crate::Background::layer).

@@ -14,8 +14,8 @@
 //!   is `Release`; `wait_idle` reads `in_flight` with `Acquire`, so the
 //!   counters are final when it resolves.
 
+mod cell;
 mod counters;
-mod entry;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,9 +29,9 @@ use rustc_hash::FxBuildHasher;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
+pub(crate) use cell::{NewTask, TaskCell};
 pub(crate) use counters::Counters;
 pub use counters::Stats;
-pub(crate) use entry::{Membership, NewTask, TaskCell};
 
 use crate::{TaskId, TaskInfo};
 

@@ -1,4 +1,5 @@
-//! One task's shared state, and its RAII membership in the registry.
+//! One task's shared state: what the registry, its handle, its runner and
+//! its cancellers share.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
@@ -11,12 +12,12 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
 
-use crate::background::Shared;
 use crate::handler::SharedErrorHandler;
+use crate::inner::Shared;
 use crate::mode::ModeKind;
+use crate::name::TaskName;
 use crate::registry::Counters;
 use crate::request::RequestMeta;
-use crate::task::TaskName;
 use crate::{Phase, TaskError, TaskId, TaskInfo};
 
 /// Registered, waiting for its phase, a slot or a worker.
@@ -327,32 +328,6 @@ impl TaskCell {
             Poll::Ready(())
         } else {
             Poll::Pending
-        }
-    }
-}
-
-/// A task's membership in the registry, moved into the work that runs it.
-///
-/// Normally the runner reports the outcome and the membership drops quietly.
-/// If the work is dropped without reporting (the runtime shut down under it),
-/// the drop reports the task as cancelled, so no task is ever lost from the
-/// counters, the registry or its handle.
-pub(crate) struct Membership {
-    pub(crate) cell: Arc<TaskCell>,
-}
-
-impl Membership {
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.cell.shared
-    }
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        if let Some(was_started) = self.cell.try_finish(Err(TaskError::Cancelled)) {
-            self.cell.shared.report_dropped(&self.cell, was_started);
-        } else if self.cell.runner_leaves() {
-            self.cell.shared.report_dropped(&self.cell, true);
         }
     }
 }

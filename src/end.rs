@@ -1,0 +1,255 @@
+//! The end of a task: the only way out. Every completion, failure, panic,
+//! timeout, cancellation, shutdown cut-off, rejection and dropped runner
+//! ends through [`end`], which claims the task's end once (see the cell's
+//! invariants in `registry/cell.rs`), logs a failure, hands it to the
+//! task's error handler and takes the task out of the registry.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+
+use crate::error::panic_message;
+use crate::mode::ModeKind;
+use crate::outcome::OutcomeKind;
+use crate::registry::TaskCell;
+use crate::{TaskError, TaskInfo};
+
+/// Who ends a task, and so how its end is claimed and reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum How {
+    /// Its runner, the work over and dropped. A failure's report (which may
+    /// await an error handler) comes back to be awaited there. Also reports
+    /// an end a canceller claimed and left to the runner.
+    Runner,
+    /// Its runner's guard, dropped without reporting (the runtime dropped the
+    /// work): ends it as cancelled, or reports an end a canceller left to
+    /// the runner.
+    RunnerGone,
+    /// Where no runner will report: a task rejected, or ended while it
+    /// waited to start.
+    Unstarted,
+    /// On request (`cancel`, shutdown): the task's cancellation fires. A
+    /// running async task's runner drops its future, then reports; anything
+    /// else is reported here.
+    Cancel,
+    /// As [`Cancel`](How::Cancel), only if the task has not started.
+    CancelQueued,
+}
+
+/// What [`end`] did.
+#[must_use]
+pub(crate) enum Ending {
+    /// Someone else had claimed the end: nothing was done.
+    Lost,
+    /// Ended here (reported, or being reported off this path).
+    Ended,
+    /// Ended here; its report awaits an error handler: await it.
+    Report(Report),
+}
+
+/// A boxed report: an error handler to await (the rare path, kept off every
+/// task's future).
+pub(crate) type Report = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Ends `cell` with `outcome`, unless its end was claimed already.
+pub(crate) fn end(cell: &Arc<TaskCell>, outcome: Result<(), TaskError>, how: How) -> Ending {
+    let was_started = match how {
+        How::Runner => match cell.try_finish(outcome) {
+            Some(was_started) => was_started,
+            // Cancelled on request while running: its work is dropped by now.
+            None if cell.take_delegated_report() => true,
+            None => return Ending::Lost,
+        },
+        How::RunnerGone => match cell.try_finish(outcome) {
+            Some(was_started) => was_started,
+            None if cell.runner_leaves() => true,
+            None => return Ending::Lost,
+        },
+        How::Unstarted => match cell.try_finish(outcome) {
+            Some(was_started) => was_started,
+            None => return Ending::Lost,
+        },
+        // Claim first, then signal: the runner, woken by the signal, must
+        // find the end taken.
+        How::Cancel => match cell.try_finish(outcome) {
+            Some(true) if cell.mode == ModeKind::Async => {
+                // Its runner reports once the future is dropped, unless its
+                // work ended as this claim was made and the runner is gone.
+                let report_here = cell.delegate_report();
+                cell.request_cancel();
+                if !report_here {
+                    return Ending::Ended;
+                }
+                true
+            }
+            Some(was_started) => {
+                cell.request_cancel();
+                was_started
+            }
+            None => return Ending::Lost,
+        },
+        How::CancelQueued => {
+            if !cell.try_finish_queued(outcome) {
+                return Ending::Lost;
+            }
+            cell.request_cancel();
+            false
+        }
+    };
+    if how == How::Runner {
+        return match report_in_place(cell, was_started) {
+            Some(report) => Ending::Report(report),
+            None => Ending::Ended,
+        };
+    }
+    report_detached(cell, was_started);
+    Ending::Ended
+}
+
+/// The runner's report: a success ends the task here; a failure's report,
+/// which may await an error handler, is returned to be awaited.
+fn report_in_place(cell: &Arc<TaskCell>, was_started: bool) -> Option<Report> {
+    if cell.decided_outcome().is_some_and(Result::is_ok) {
+        cell.shared.registry.end(cell, was_started);
+        return None;
+    }
+    let cell = Arc::clone(cell);
+    Some(Box::pin(async move { report(&cell, was_started).await }))
+}
+
+/// Logs a task's decided outcome, hands a failure to its error handler,
+/// then takes the task out of the registry. The caller has claimed its end.
+async fn report(cell: &TaskCell, was_started: bool) {
+    if let Some(Err(error)) = cell.decided_outcome() {
+        let info = cell.info();
+        log_failure(&info, error);
+        if let Some(handler) = &cell.on_error {
+            let call = AssertUnwindSafe(handler.call(&info, error)).catch_unwind();
+            if let Err(payload) = call.await {
+                log_handler_panic(&info, &panic_message(&*payload));
+            }
+        }
+    }
+    cell.shared.registry.end(cell, was_started);
+}
+
+/// [`report`] from a place that cannot await (a `Drop`, a `schedule`, a
+/// canceller). A sync handler is called in place. An async one runs on the
+/// task's runtime; where no runtime was ever known, on a single-threaded
+/// runtime made for the call.
+fn report_detached(cell: &Arc<TaskCell>, was_started: bool) {
+    let async_handler = cell
+        .on_error
+        .as_ref()
+        .is_some_and(|handler| !handler.is_sync());
+    if !matches!(cell.decided_outcome(), Some(Err(_))) || !async_handler {
+        // Nothing to await (a sync handler completes in its first poll).
+        let _ = report(cell, was_started).now_or_never();
+        return;
+    }
+    let once = ReportOnce {
+        cell: Arc::clone(cell),
+        was_started,
+    };
+    if let Some(runtime) = cell.shared.runtime() {
+        // If the runtime drops this unrun (it is shutting down), `ReportOnce`
+        // still ends the task.
+        drop(runtime.spawn(once.run()));
+        return;
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(once.run()),
+        Err(error) => tracing::error!(
+            task.id = %cell.id,
+            task.name = %cell.name(),
+            %error,
+            "async error handler not called: cannot start a runtime to run it on"
+        ),
+    }
+}
+
+/// A report handed to a runtime: ends the task even if the runtime drops it
+/// before the handler returns.
+struct ReportOnce {
+    cell: Arc<TaskCell>,
+    was_started: bool,
+}
+
+impl ReportOnce {
+    async fn run(self) {
+        report(&self.cell, self.was_started).await;
+    }
+}
+
+impl Drop for ReportOnce {
+    fn drop(&mut self) {
+        if !self.cell.is_ended() {
+            tracing::error!(
+                task.id = %self.cell.id,
+                task.name = %self.cell.name(),
+                "async error handler did not finish: its runtime shut down"
+            );
+            self.cell.shared.registry.end(&self.cell, self.was_started);
+        }
+    }
+}
+
+/// A task's guard, moved into the work that runs it.
+///
+/// Normally the runner ends the task and the guard drops quietly. If the
+/// work is dropped without ending it (the runtime shut down under it), the
+/// drop ends the task as cancelled, so no task is ever lost from the
+/// counters, the registry or its handle.
+pub(crate) struct RunnerGuard {
+    pub(crate) cell: Arc<TaskCell>,
+}
+
+impl Drop for RunnerGuard {
+    fn drop(&mut self) {
+        let _ = end(&self.cell, Err(TaskError::Cancelled), How::RunnerGone);
+    }
+}
+
+impl std::fmt::Debug for RunnerGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RunnerGuard").field(&self.cell.id).finish()
+    }
+}
+
+fn log_failure(info: &TaskInfo, error: &TaskError) {
+    let path = info.path.as_deref().unwrap_or("");
+    if OutcomeKind::of_error(error).is_error() {
+        tracing::error!(
+            task.id = %info.id,
+            task.name = %info.name,
+            task.phase = %info.phase,
+            request.path = %path,
+            error = %error,
+            "background task did not complete"
+        );
+    } else {
+        tracing::warn!(
+            task.id = %info.id,
+            task.name = %info.name,
+            task.phase = %info.phase,
+            request.path = %path,
+            error = %error,
+            "background task did not complete"
+        );
+    }
+}
+
+fn log_handler_panic(info: &TaskInfo, message: &str) {
+    tracing::error!(
+        task.id = %info.id,
+        task.name = %info.name,
+        panic = message,
+        "error handler panicked"
+    );
+}

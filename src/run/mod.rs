@@ -1,0 +1,193 @@
+//! Running a task: the only place that hands work to tokio.
+//!
+//! A task admitted by `schedule.rs` becomes a [`Job`], started here in its
+//! mode: an async task is spawned on the runtime, a sync task on the
+//! blocking pool. A task with nothing to wait for (no slot, thread permit,
+//! deadline or retry) runs with the small runner of `simple.rs`; the others
+//! with the general path of `attempts.rs`. Either ends the task through
+//! `end.rs`.
+
+mod attempts;
+mod simple;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, Span};
+
+use crate::end::RunnerGuard;
+use crate::limits::{Permit, RetryPolicy};
+use crate::mode::{Mode, ModeKind};
+use crate::request::Ticket;
+use crate::task::Attempts;
+
+/// Everything a task needs to run.
+pub(crate) struct Job<A> {
+    pub(crate) guard: RunnerGuard,
+    pub(crate) attempts: A,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) timeout: Option<Duration>,
+    /// `Some` under `max_in_flight`: the task's slot, held or queued for.
+    pub(crate) slot: Option<Permit>,
+    /// `Some` for a sync task under `max_blocking`: its first attempt's
+    /// thread permit, held or queued for.
+    pub(crate) blocking: Option<Permit>,
+    /// `Some` for a task started by a request: its place in the request's
+    /// start order (see `request.rs`).
+    pub(crate) ticket: Option<Ticket>,
+    /// The task's `background_task` span; the whole run is instrumented with it.
+    pub(crate) span: Span,
+}
+
+impl<A> std::fmt::Debug for Job<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("task", &self.guard.cell.id)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where each attempt's work is polled.
+pub(crate) enum Exec {
+    /// Right here: on the runtime for an async task, or on the blocking
+    /// thread this job already runs on for a simple sync task.
+    Inline,
+    /// On a blocking-pool thread per attempt, this job waiting on the runtime:
+    /// a sync task with a limit, a timeout or retries.
+    Blocking(Handle),
+}
+
+/// Starts `job` the way its mode runs tasks.
+pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
+    match Md::KIND {
+        ModeKind::Async => {
+            let span = job.take_span();
+            if job.is_simple() && job.blocking.is_none() {
+                spawn(runtime, span, job.run_simple());
+            } else {
+                spawn(runtime, span, job.run(Exec::Inline));
+            }
+        }
+        ModeKind::Sync => {
+            // Ask for a thread permit now, so that tasks get threads in
+            // schedule order, but only with the in-flight slot in hand: a task
+            // never holds a thread permit while it waits for a slot (the other
+            // order could deadlock with a task holding a slot while it waits
+            // for a thread).
+            if job.slot.as_ref().is_none_or(Permit::is_held) {
+                let limits = &job.guard.cell.shared.limits;
+                job.blocking = limits.blocking.as_ref().map(Permit::request);
+            }
+            let span = job.take_span();
+            if job.is_simple() {
+                // One blocking thread does it all; it holds the thread permit.
+                let permit = job.blocking.take_if(|permit| permit.is_held());
+                let driver = runtime.clone();
+                spawn_blocking(runtime, move || {
+                    let _permit = permit;
+                    let _entered = span.as_ref().map(Span::enter);
+                    driver.block_on(job.run_simple());
+                });
+            } else {
+                // Waits (for a slot, a deadline, a backoff) happen on the
+                // runtime; each attempt gets a blocking thread.
+                let driver = runtime.clone();
+                spawn(runtime, span, job.run(Exec::Blocking(driver)));
+            }
+        }
+    }
+}
+
+impl<A> Job<A> {
+    /// Whether the task can run in one go: nothing to wait for on the runtime
+    /// (a slot, a thread permit, a deadline, a backoff).
+    fn is_simple(&self) -> bool {
+        self.retry.is_none()
+            && self.timeout.is_none()
+            && self.slot.as_ref().is_none_or(Permit::is_held)
+            && self.blocking.as_ref().is_none_or(Permit::is_held)
+    }
+
+    /// The task's span, if it is enabled (a disabled span is not worth
+    /// carrying in every task's future).
+    fn take_span(&mut self) -> Option<Span> {
+        let span = std::mem::replace(&mut self.span, Span::none());
+        (!span.is_disabled()).then_some(span)
+    }
+}
+
+/// Spawns `work` on the runtime, in `span` if there is one. Dropping the
+/// join handle detaches it: the work ends its task itself.
+fn spawn<F>(runtime: &Handle, span: Option<Span>, work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match span {
+        Some(span) => drop(runtime.spawn(work.instrument(span))),
+        None => drop(runtime.spawn(work)),
+    }
+}
+
+/// Runs `work` on the blocking pool.
+fn spawn_blocking<F, R>(runtime: &Handle, work: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    runtime.spawn_blocking(work)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::Job;
+    use crate::BoxError;
+    use crate::task::Once;
+
+    /// A task future of a known, large size (never built: only measured).
+    #[allow(dead_code)]
+    struct Large([u8; 256]);
+
+    impl Future for Large {
+        type Output = Result<(), BoxError>;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The size of what `make` returns, without calling it.
+    fn size_of_output<F: FnOnce(A) -> R, A, R>(_: &F) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every task in flight keeps a cell: with its `Arc` counts and malloc's
+    /// header, 200 bytes make a 224-byte heap chunk.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn the_task_cell_stays_small() {
+        let cell = std::mem::size_of::<crate::registry::TaskCell>();
+        // The metric handles are one more pointer.
+        let limit = if cfg!(feature = "metrics") { 208 } else { 200 };
+        assert!(cell <= limit, "a task cell takes {cell} bytes");
+    }
+
+    /// The small runner keeps the task's future once, with its stage, its
+    /// guard, its ticket and its slot around it.
+    #[test]
+    fn a_simple_task_keeps_its_future_once() {
+        let work = std::mem::size_of::<Large>();
+        let run = size_of_output(&Job::<Once<Large>>::run_simple);
+        assert!(
+            run <= work + 48,
+            "the runner of a {work}-byte future takes {run} bytes"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! Admission: the only way in. Every `schedule` registers its task, then
+//! starts it now, defers it to its phase, or rejects it.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::config::TaskConfig;
+use crate::end::{self, How, RunnerGuard};
+use crate::error::RejectReason;
+use crate::handle::TaskHandle;
+use crate::inner::Shared;
+use crate::limits::Admission;
+use crate::mode::Mode;
+use crate::name::TaskName;
+use crate::registry::{NewTask, TaskCell};
+use crate::request::{Rejection, RequestScope};
+use crate::run::{self, Job};
+use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
+use crate::{Phase, TaskError};
+
+/// Schedules a task that runs once.
+pub(crate) fn once<T, M>(
+    shared: &Arc<Shared>,
+    task: T,
+    scope: Option<&Arc<RequestScope>>,
+    phase: Option<Phase>,
+    config: TaskConfig,
+) -> TaskHandle
+where
+    T: IntoBackgroundTask<M>,
+{
+    let source = TaskSource {
+        own_name: task.own_name(),
+        type_path: T::type_path(),
+        attempts: Once::new(task.into_work()),
+        retrying: false,
+        admission: Admission::Standard,
+    };
+    admit::<T::Mode, _>(shared, source, scope, phase, config)
+}
+
+/// Schedules a task that may run again, under its config's retry policy.
+pub(crate) fn rerunnable<T, M>(
+    shared: &Arc<Shared>,
+    task: T,
+    scope: Option<&Arc<RequestScope>>,
+    phase: Option<Phase>,
+    config: TaskConfig,
+) -> TaskHandle
+where
+    T: Rerunnable<M>,
+{
+    let source = rerunnable_source(task, Admission::Standard);
+    admit::<T::Mode, _>(shared, source, scope, phase, config)
+}
+
+/// Schedules work already committed to (a job taken out of a durable
+/// store): like a rerunnable task, but admitted during shutdown and never
+/// rejected by a full `max_in_flight` (it waits).
+#[cfg(feature = "durable")]
+pub(crate) fn committed<T, M>(shared: &Arc<Shared>, task: T, config: TaskConfig) -> TaskHandle
+where
+    T: Rerunnable<M>,
+{
+    let source = rerunnable_source(task, Admission::Committed);
+    admit::<T::Mode, _>(shared, source, None, None, config)
+}
+
+/// A task on its way in: its names and its attempts.
+struct TaskSource<A> {
+    own_name: Option<Cow<'static, str>>,
+    type_path: &'static str,
+    attempts: A,
+    /// Whether the route taken allows retries (the task can run again).
+    retrying: bool,
+    admission: Admission,
+}
+
+fn rerunnable_source<T: Rerunnable<M>, M>(
+    task: T,
+    admission: Admission,
+) -> TaskSource<impl Attempts> {
+    TaskSource {
+        own_name: task.own_name(),
+        type_path: T::type_path(),
+        attempts: task.into_attempts(),
+        retrying: true,
+        admission,
+    }
+}
+
+/// Registers the task, then starts it now or when its phase comes, or
+/// rejects it.
+///
+/// `phase` is the scheduler's, if it chose one: a per-task phase wins over
+/// it, and it wins over the default config's.
+fn admit<Md: Mode, A: Attempts>(
+    shared: &Arc<Shared>,
+    source: TaskSource<A>,
+    scope: Option<&Arc<RequestScope>>,
+    phase: Option<Phase>,
+    config: TaskConfig,
+) -> TaskHandle {
+    let default = &shared.default_config;
+    // Names rank: per task, the task type's own, the default config's, derived.
+    let name = match config
+        .name
+        .clone()
+        .or(source.own_name)
+        .or_else(|| default.name.clone())
+    {
+        Some(name) => TaskName::Given(name),
+        None => TaskName::Derived(source.type_path),
+    };
+    let phase = config.phase.or(phase).or(default.phase).unwrap_or_default();
+    let config = config.merged_over(default);
+    let cell = Arc::new(TaskCell::new(NewTask {
+        shared: Arc::clone(shared),
+        id: shared.registry.next_id(),
+        name,
+        phase,
+        mode: Md::KIND,
+        shielded: config.shield.unwrap_or(false),
+        request: scope.and_then(|scope| scope.request_meta()),
+        on_error: config.on_error,
+    }));
+    let handle = TaskHandle::new(Arc::clone(&cell));
+    // Insert before checking `closing`: shutdown sets `closing` before it
+    // reads the registry, so a task either is seen by shutdown or sees
+    // `closing` here.
+    shared.registry.insert(&cell);
+    let admission = source.admission;
+    let refused = if shared.is_closing() && admission == Admission::Standard {
+        Some(RejectReason::ShuttingDown)
+    } else if shared.runtime().is_none() {
+        Some(RejectReason::NoRuntime)
+    } else {
+        None
+    };
+    if let Some(reason) = refused {
+        let _ = end::end(&cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+        return handle;
+    }
+
+    let span = task_span(&cell, scope);
+    let mut job = Job {
+        guard: RunnerGuard { cell },
+        attempts: source.attempts,
+        retry: config.retry.filter(|_| source.retrying),
+        timeout: config.timeout,
+        slot: None,
+        blocking: None,
+        ticket: None,
+        span,
+    };
+    let start = move |ticket| {
+        let shared = Arc::clone(&job.guard.cell.shared);
+        match shared.limits.admit(admission) {
+            Ok(slot) => job.slot = slot,
+            // Ended (user code: its error handler) once no lock is held.
+            Err(reason) => {
+                return Err(Rejection(Box::new(move || {
+                    let cell = &job.guard.cell;
+                    let _ = end::end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+                })));
+            }
+        }
+        job.ticket = ticket;
+        if let Some(runtime) = shared.runtime() {
+            run::start::<Md, _>(runtime, job);
+        }
+        // No runtime cannot happen here (checked above); were it so,
+        // dropping `job` would end the task as cancelled.
+        Ok(())
+    };
+    match scope {
+        Some(scope) => scope.at(phase, start),
+        None => {
+            if let Err(Rejection(report)) = start(None) {
+                report();
+            }
+        }
+    }
+    handle
+}
+
+/// The task's `background_task` span (DEBUG), following from its request's.
+///
+/// Without any subscriber nothing can see it: it is not even built (with
+/// `tracing`'s `log` feature, building it would format its fields for `log`).
+fn task_span(cell: &TaskCell, scope: Option<&Arc<RequestScope>>) -> tracing::Span {
+    if !tracing::dispatcher::has_been_set() {
+        return tracing::Span::none();
+    }
+    let span = tracing::debug_span!(
+        "background_task",
+        id = %cell.id,
+        name = %cell.name(),
+        phase = %cell.phase,
+        mode = %cell.mode,
+    );
+    if !span.is_disabled() {
+        match scope {
+            Some(scope) => span.follows_from(&scope.span),
+            None => span.follows_from(tracing::Span::current()),
+        };
+    }
+    span
+}
