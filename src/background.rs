@@ -7,17 +7,18 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::TaskInfo;
+use crate::cancel::{self, CancelOutcome};
 use crate::config::{TaskBuilder, TaskConfig};
-use crate::extension::Extensions;
 use crate::extractor::Tasks;
 use crate::handle::TaskHandle;
 use crate::hook::{IntoShutdownHook, ShutdownHooks};
+use crate::inner::Extensions;
 use crate::inner::Shared;
 use crate::layer::BackgroundLayer;
 use crate::limits::{Limits, OverflowPolicy};
 use crate::registry::{Stats, WaitIdleFuture};
 use crate::task::IntoBackgroundTask;
+use crate::{TaskId, TaskInfo};
 
 /// The background-task runtime of an application.
 ///
@@ -133,7 +134,7 @@ impl BackgroundBuilder {
             overflow: self.overflow,
         };
         let shared = Arc::new(Shared::new(
-            self.default_config,
+            self.default_config.options,
             self.hooks,
             limits,
             self.extensions,
@@ -222,6 +223,18 @@ impl Background {
     /// Cancel safe: dropping it changes nothing.
     pub fn wait_idle(&self) -> WaitIdleFuture<'_> {
         self.shared.registry.wait_idle()
+    }
+
+    /// Cancels the task with this id: it ends as [`TaskError::Cancelled`](crate::TaskError::Cancelled),
+    /// exactly once (logged, passed to its error handler, counted).
+    ///
+    /// A queued task never starts; a running async task is dropped at its next
+    /// `.await`; a running sync task cannot be interrupted: its
+    /// [`TaskContext`](crate::TaskContext) cancellation fires and its thread
+    /// runs on, its eventual result ignored. Shielding protects from shutdown,
+    /// not from this explicit request.
+    pub fn cancel(&self, id: TaskId) -> CancelOutcome {
+        cancel::cancel_id(&self.shared, id)
     }
 
     /// Whether [`shutdown`](Background::shutdown) has begun.

@@ -1,15 +1,15 @@
-//! Cancelling one task on request: [`Background::cancel`] and
+//! Cancelling one task on request: [`Background::cancel`](crate::Background::cancel) and
 //! [`TaskHandle::cancel`](crate::TaskHandle::cancel).
 
 use std::sync::Arc;
 
-use crate::background::Background;
+use crate::cell::TaskCell;
 use crate::end::{self, Ending, How};
-use crate::registry::TaskCell;
+use crate::inner::Shared;
 use crate::{TaskError, TaskId};
 
 /// What [`TaskHandle::cancel`](crate::TaskHandle::cancel) or
-/// [`Background::cancel`] did.
+/// [`Background::cancel`](crate::Background::cancel) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 #[must_use = "says whether the task was cancelled or had already ended"]
@@ -40,21 +40,11 @@ pub(crate) fn cancel(cell: &Arc<TaskCell>) -> CancelOutcome {
     }
 }
 
-impl Background {
-    /// Cancels the task with this id: it ends as [`TaskError::Cancelled`],
-    /// exactly once (logged, passed to its error handler, counted).
-    ///
-    /// A queued task never starts; a running async task is dropped at its next
-    /// `.await`; a running sync task cannot be interrupted: its
-    /// [`TaskContext`](crate::TaskContext) cancellation fires and its thread
-    /// runs on, its eventual result ignored. Shielding protects from shutdown,
-    /// not from this explicit request.
-    pub fn cancel(&self, id: TaskId) -> CancelOutcome {
-        let registry = &self.shared.registry;
-        match registry.get(id) {
-            Some(cell) => cancel(&cell),
-            None if registry.was_issued(id) => CancelOutcome::AlreadyEnded,
-            None => CancelOutcome::Unknown,
-        }
+/// Cancels the task with this id, if it is in flight.
+pub(crate) fn cancel_id(shared: &Shared, id: TaskId) -> CancelOutcome {
+    match shared.registry.get(id) {
+        Some(cell) => cancel(&cell),
+        None if shared.registry.was_issued(id) => CancelOutcome::AlreadyEnded,
+        None => CancelOutcome::Unknown,
     }
 }

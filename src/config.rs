@@ -13,6 +13,8 @@ use crate::extractor::Tasks;
 use crate::handle::TaskHandle;
 use crate::handler::{IntoErrorHandler, SharedErrorHandler};
 use crate::limits::RetryPolicy;
+#[doc(hidden)]
+pub use crate::options::TaskOptions;
 use crate::task::{IntoBackgroundTask, Rerunnable};
 
 /// A task's options: its name, shield, error handler, phase, timeout and
@@ -77,65 +79,55 @@ use crate::task::{IntoBackgroundTask, Rerunnable};
 )]
 #[non_exhaustive]
 pub struct TaskConfig {
-    #[builder(via_mutators(init = None), mutators(
+    #[builder(via_mutators(init = TaskOptions::default()), mutators(
         /// The task's name in logs, spans and [`TaskInfo`](crate::TaskInfo).
         #[allow(unreachable_pub)] // the builder method made from it is public
         pub fn name(&mut self, name: impl Into<Cow<'static, str>>) {
-            self.name = Some(name.into());
+            self.options.name = Some(name.into());
         }
-    ))]
-    pub(crate) name: Option<Cow<'static, str>>,
 
-    #[builder(via_mutators(init = None), mutators(
         /// Whether the task may finish during shutdown (up to the grace
         /// period) while unshielded tasks are cancelled.
-        #[allow(unreachable_pub)] // the builder method made from it is public
+        #[allow(unreachable_pub)]
         pub fn shield(&mut self, shield: bool) {
-            self.shield = Some(shield);
+            self.options.shield = Some(shield);
         }
-    ))]
-    pub(crate) shield: Option<bool>,
 
-    #[builder(via_mutators(init = None), mutators(
         /// Where the task's failure goes after it is logged: any form
         /// [`IntoErrorHandler`] accepts.
-        #[allow(unreachable_pub)] // the builder method made from it is public
+        #[allow(unreachable_pub)]
         pub fn on_error<H, M>(&mut self, handler: H)
         where
             H: IntoErrorHandler<M>,
         {
-            self.on_error = Some(handler.into_shared());
+            self.options.on_error = Some(handler.into_shared());
         }
-    ))]
-    pub(crate) on_error: Option<SharedErrorHandler>,
 
-    #[builder(via_mutators(init = None), mutators(
         /// When the task starts; see [`Phase`].
-        #[allow(unreachable_pub)] // the builder method made from it is public
+        #[allow(unreachable_pub)]
         pub fn phase(&mut self, phase: Phase) {
-            self.phase = Some(phase);
+            self.options.phase = Some(phase);
         }
-    ))]
-    pub(crate) phase: Option<Phase>,
 
-    #[builder(via_mutators(init = None), mutators(
         /// How long each run of the task may take.
-        #[allow(unreachable_pub)] // the builder method made from it is public
+        #[allow(unreachable_pub)]
         pub fn timeout(&mut self, timeout: Duration) {
-            self.timeout = Some(timeout);
+            self.options.timeout = Some(timeout);
         }
     ))]
-    pub(crate) timeout: Option<Duration>,
+    pub(crate) options: TaskOptions,
 
     /// How a failed task is run again. On a per-task builder, `schedule`
-    /// then takes only a task that can run again ([`Rerunnable`]).
+    /// then takes only a task that can run again ([`Rerunnable`]). (Kept
+    /// apart from the other options so that the builder's type says whether
+    /// it is set; moved into the options by `build`.)
     #[builder(default, setter(strip_option))]
-    pub(crate) retry: Option<RetryPolicy>,
+    retry: Option<RetryPolicy>,
 
     /// The scheduler a per-task builder schedules with: set by
     /// [`Tasks::task`]; `None` in every built `TaskConfig`.
     #[builder(default, setter(strip_option))]
-    pub(crate) scheduler: Option<Scheduler>,
+    scheduler: Option<Scheduler>,
 }
 
 /// The scheduler behind [`Tasks::task`]'s builder. Internal: public only
@@ -145,18 +137,10 @@ pub struct TaskConfig {
 #[derive(Clone, Debug)]
 pub struct Scheduler(pub(crate) Tasks);
 
-/// The builder in a given state: the five plain options set through their
-/// mutators (always "set", possibly to `None`), `Retry` and `Sched` each
-/// `()` (unset) or `(Option<_>,)` (set).
-type Builder<Retry, Sched> = TaskConfigBuilder<(
-    (Option<Cow<'static, str>>,),
-    (Option<bool>,),
-    (Option<SharedErrorHandler>,),
-    (Option<Phase>,),
-    (Option<Duration>,),
-    Retry,
-    Sched,
-)>;
+/// The builder in a given state: the plain options set through their
+/// mutators (always "set"), `Retry` and `Sched` each `()` (unset) or
+/// `(Option<_>,)` (set).
+type Builder<Retry, Sched> = TaskConfigBuilder<((TaskOptions,), Retry, Sched)>;
 
 /// A builder field that has been set.
 type Set<T> = (Option<T>,);
@@ -167,14 +151,14 @@ pub type TaskBuilder = Builder<(), Set<Scheduler>>;
 impl Builder<(), ()> {
     /// Finishes the config.
     pub fn build(self) -> TaskConfig {
-        self.__build()
+        self.__build().settled()
     }
 }
 
 impl Builder<Set<RetryPolicy>, ()> {
     /// Finishes the config.
     pub fn build(self) -> TaskConfig {
-        self.__build()
+        self.__build().settled()
     }
 }
 
@@ -196,60 +180,55 @@ impl Builder<Set<RetryPolicy>, Set<Scheduler>> {
 }
 
 impl TaskConfig {
+    /// The retry policy moved into the options, where it is read.
+    fn settled(mut self) -> TaskConfig {
+        if let Some(retry) = self.retry.take() {
+            self.options.retry = Some(retry);
+        }
+        self
+    }
+
     /// The name, if set.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.options.name.as_deref()
     }
 
     /// The shield flag, if set.
     pub fn shield(&self) -> Option<bool> {
-        self.shield
+        self.options.shield
     }
 
     /// The error handler, if set.
     pub fn on_error(&self) -> Option<&SharedErrorHandler> {
-        self.on_error.as_ref()
+        self.options.on_error.as_ref()
     }
 
     /// The phase, if set.
     pub fn phase(&self) -> Option<Phase> {
-        self.phase
+        self.options.phase
     }
 
     /// The timeout, if set.
     pub fn timeout(&self) -> Option<Duration> {
-        self.timeout
+        self.options.timeout
     }
 
     /// The retry policy, if set.
     pub fn retry(&self) -> Option<RetryPolicy> {
-        self.retry
-    }
-
-    /// `self` with every unset field taken from `base`: what `base` then
-    /// `self` applied in that order gives. The one merge of the crate.
-    pub(crate) fn merged_over(self, base: &TaskConfig) -> TaskConfig {
-        TaskConfig {
-            name: self.name.or_else(|| base.name.clone()),
-            shield: self.shield.or(base.shield),
-            on_error: self.on_error.or_else(|| base.on_error.clone()),
-            phase: self.phase.or(base.phase),
-            timeout: self.timeout.or(base.timeout),
-            retry: self.retry.or(base.retry),
-            scheduler: None,
-        }
+        self.options.retry
     }
 }
 
 impl fmt::Debug for TaskConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options = &self.options;
         f.debug_struct("TaskConfig")
-            .field("name", &self.name)
-            .field("shield", &self.shield)
-            .field("on_error", &self.on_error)
-            .field("phase", &self.phase)
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
+            .field("name", &options.name)
+            .field("shield", &options.shield)
+            .field("on_error", &options.on_error)
+            .field("phase", &options.phase)
+            .field("timeout", &options.timeout)
+            .field("retry", &options.retry)
             .finish()
     }
 }
@@ -263,7 +242,7 @@ impl fmt::Debug for TaskConfig {
 #[must_use = "a configured scheduler does nothing until `schedule` is called"]
 pub struct ConfiguredTasks<R = OneRun> {
     tasks: Tasks,
-    config: TaskConfig,
+    options: TaskOptions,
     _route: PhantomData<fn() -> R>,
 }
 
@@ -285,7 +264,7 @@ impl<R> ConfiguredTasks<R> {
         };
         ConfiguredTasks {
             tasks,
-            config,
+            options: config.settled().options,
             _route: PhantomData,
         }
     }
@@ -298,7 +277,7 @@ impl ConfiguredTasks<OneRun> {
     where
         T: IntoBackgroundTask<M>,
     {
-        self.tasks.schedule_once(task, self.config.clone())
+        self.tasks.schedule_once(task, self.options.clone())
     }
 }
 
@@ -322,7 +301,7 @@ impl ConfiguredTasks<Retrying> {
     where
         T: Rerunnable<M>,
     {
-        self.tasks.schedule_rerunnable(task, self.config.clone())
+        self.tasks.schedule_rerunnable(task, self.options.clone())
     }
 }
 
@@ -330,7 +309,7 @@ impl<R> fmt::Debug for ConfiguredTasks<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConfiguredTasks")
             .field("tasks", &self.tasks)
-            .field("config", &self.config)
+            .field("options", &self.options)
             .field(
                 "retrying",
                 &std::any::type_name::<R>().ends_with("Retrying"),

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio_util::sync::CancellationToken;
 
 use crate::TaskInfo;
-use crate::registry::TaskCell;
+use crate::cell::TaskCell;
 
 thread_local! {
     /// The task being polled (or run, for a sync task) on this thread. A

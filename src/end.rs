@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 
+use crate::cell::TaskCell;
 use crate::error::panic_message;
 use crate::mode::ModeKind;
 use crate::outcome::OutcomeKind;
-use crate::registry::TaskCell;
 use crate::{TaskError, TaskInfo};
 
 /// Who ends a task, and so how its end is claimed and reported.
@@ -113,7 +113,7 @@ pub(crate) fn end(cell: &Arc<TaskCell>, outcome: Result<(), TaskError>, how: How
 /// which may await an error handler, is returned to be awaited.
 fn report_in_place(cell: &Arc<TaskCell>, was_started: bool) -> Option<Report> {
     if cell.decided_outcome().is_some_and(Result::is_ok) {
-        cell.shared.registry.end(cell, was_started);
+        take_out(cell, was_started);
         return None;
     }
     let cell = Arc::clone(cell);
@@ -133,7 +133,21 @@ async fn report(cell: &TaskCell, was_started: bool) {
             }
         }
     }
-    cell.shared.registry.end(cell, was_started);
+    take_out(cell, was_started);
+}
+
+/// Takes a reported task out: counts it, publishes its outcome to its
+/// handle, and removes it from the registry (the counters come first, so
+/// they are final when `wait_idle` sees the registry empty).
+fn take_out(cell: &TaskCell, was_started: bool) {
+    let registry = &cell.shared.registry;
+    let outcome = cell.decided_outcome();
+    if let Some(outcome) = outcome {
+        registry.counters.ended(was_started, outcome);
+    }
+    cell.metrics.ended(was_started, outcome, cell.started_at());
+    cell.publish();
+    registry.remove(cell.id);
 }
 
 /// [`report`] from a place that cannot await (a `Drop`, a `schedule`, a
@@ -195,7 +209,7 @@ impl Drop for ReportOnce {
                 task.name = %self.cell.name(),
                 "async error handler did not finish: its runtime shut down"
             );
-            self.cell.shared.registry.end(&self.cell, self.was_started);
+            take_out(&self.cell, self.was_started);
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::Phase;
 use crate::config::{Scheduler, TaskBuilder, TaskConfig};
 use crate::handle::TaskHandle;
 use crate::inner::Shared;
+use crate::options::TaskOptions;
 use crate::request::RequestScope;
 use crate::task::{IntoBackgroundTask, Rerunnable};
 
@@ -101,7 +102,7 @@ impl Tasks {
     where
         T: IntoBackgroundTask<M>,
     {
-        self.schedule_once(task, TaskConfig::default())
+        self.schedule_once(task, TaskOptions::default())
     }
 
     /// The same scheduler, for tasks that start when the handler has produced
@@ -141,19 +142,19 @@ impl Tasks {
     }
 
     /// Schedules a task that runs once, with per-task settings.
-    pub(crate) fn schedule_once<T, M>(&self, task: T, config: TaskConfig) -> TaskHandle
+    pub(crate) fn schedule_once<T, M>(&self, task: T, options: TaskOptions) -> TaskHandle
     where
         T: IntoBackgroundTask<M>,
     {
-        crate::schedule::once(self.shared(), task, self.scope(), self.phase, config)
+        crate::schedule::once(self.shared(), task, self.scope(), self.phase, options)
     }
 
     /// Schedules a task that may run again, under `config`'s retry policy.
-    pub(crate) fn schedule_rerunnable<T, M>(&self, task: T, config: TaskConfig) -> TaskHandle
+    pub(crate) fn schedule_rerunnable<T, M>(&self, task: T, options: TaskOptions) -> TaskHandle
     where
         T: Rerunnable<M>,
     {
-        crate::schedule::rerunnable(self.shared(), task, self.scope(), self.phase, config)
+        crate::schedule::rerunnable(self.shared(), task, self.scope(), self.phase, options)
     }
 }
 

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::futures::Notified;
 
 use crate::cancel::CancelOutcome;
-use crate::registry::TaskCell;
+use crate::cell::TaskCell;
 use crate::{TaskError, TaskId, TaskInfo};
 
 /// A scheduled task, seen from outside: its id, its state, its outcome.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::Method;
+use http::request::Parts;
 
 use crate::Phase;
 use crate::mode::ModeKind;
@@ -58,4 +59,26 @@ pub struct TaskInfo {
     pub path: Option<Arc<str>>,
     /// How many times it has been started (0 before its first run).
     pub attempts: u32,
+}
+
+/// What a task's [`TaskInfo`](crate::TaskInfo) records of its request.
+#[derive(Debug)]
+pub(crate) struct RequestMeta {
+    pub(crate) method: Method,
+    pub(crate) path: Arc<str>,
+}
+
+impl RequestMeta {
+    pub(crate) fn from_parts(parts: &Parts) -> Self {
+        // Under `Router::nest` the URI has lost its prefix; axum keeps the
+        // original one in an extension.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| parts.uri.path(), |original| original.0.path());
+        RequestMeta {
+            method: parts.method.clone(),
+            path: Arc::from(path),
+        }
+    }
 }

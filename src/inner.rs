@@ -1,23 +1,29 @@
 //! [`Shared`]: what a `Background`, its clones, its scopes and its tasks
-//! share. Data at the bottom of the module graph: the flow (schedule, run,
-//! end, cancel, shutdown) lives in the files named after it.
+//! share, and the extension point through which plug-ins (durable tasks)
+//! hook into it without the core knowing them. Data: the flow (schedule,
+//! run, end, cancel, shutdown) lives in the files named after it.
 
+use std::any::Any;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::Handle;
+use tokio::time::Instant;
 
-use crate::config::TaskConfig;
-use crate::extension::Extensions;
+use crate::cell::TaskCell;
 use crate::hook::ShutdownHooks;
 use crate::limits::Limits;
+use crate::metrics::Instruments;
+use crate::options::TaskOptions;
 use crate::registry::Registry;
 
 /// Everything a `Background` and its clones share.
 pub(crate) struct Shared {
-    pub(crate) registry: Registry,
-    pub(crate) default_config: TaskConfig,
+    pub(crate) registry: Registry<TaskCell>,
+    pub(crate) default_config: TaskOptions,
     /// `Some` once a runtime is known: at build time, or at the first
     /// `schedule` made inside one.
     runtime: OnceLock<Handle>,
@@ -26,14 +32,15 @@ pub(crate) struct Shared {
     pub(crate) hooks: ShutdownHooks,
     pub(crate) limits: Limits,
     /// Metric handles by task name and phase.
-    #[cfg(feature = "metrics")]
-    pub(crate) instruments: crate::metrics::Instruments,
+    pub(crate) instruments: Instruments,
+    /// Plug-ins (durable tasks), told when a runtime is known and when
+    /// shutdown begins, and given time to drain.
     pub(crate) extensions: Extensions,
 }
 
 impl Shared {
     pub(crate) fn new(
-        default_config: TaskConfig,
+        default_config: TaskOptions,
         hooks: ShutdownHooks,
         limits: Limits,
         extensions: Extensions,
@@ -45,8 +52,7 @@ impl Shared {
             closing: AtomicBool::new(false),
             hooks,
             limits,
-            #[cfg(feature = "metrics")]
-            instruments: crate::metrics::Instruments::default(),
+            instruments: Instruments::default(),
             extensions,
         }
     }
@@ -94,5 +100,72 @@ impl fmt::Debug for Shared {
             .field("closing", &self.is_closing())
             .field("default_config", &self.default_config)
             .finish_non_exhaustive()
+    }
+}
+
+/// A plug-in of a `Background`.
+pub(crate) trait Extension: Any + Send + Sync + fmt::Debug {
+    /// A runtime is known (at build, or at the first `schedule` made inside
+    /// one); called once.
+    fn on_runtime(&self, shared: &Arc<Shared>, runtime: &Handle);
+
+    /// Shutdown has begun: take no new work.
+    fn on_close(&self);
+
+    /// The tasks in flight have settled (or `deadline` has passed): finish
+    /// what is left (write last outcomes, give back unstarted work) before
+    /// the shutdown hooks run.
+    fn drain(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    fn as_any(&self) -> &dyn Any;
+
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The plug-ins of a `Background`, one per type.
+#[derive(Debug, Default)]
+pub(crate) struct Extensions(Vec<Box<dyn Extension>>);
+
+impl Extensions {
+    /// The plug-in of type `E`, if there is one.
+    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
+    pub(crate) fn get<E: Extension>(&self) -> Option<&E> {
+        self.0.iter().find_map(|e| e.as_any().downcast_ref())
+    }
+
+    /// The plug-in of type `E`, made with `Default` if there is none (while
+    /// a `Background` is being built).
+    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
+    pub(crate) fn get_or_default<E: Extension + Default>(&mut self) -> &mut E {
+        let at = match self.0.iter().position(|e| e.as_any().is::<E>()) {
+            Some(at) => at,
+            None => {
+                self.0.push(Box::new(E::default()));
+                self.0.len() - 1
+            }
+        };
+        match self.0[at].as_any_mut().downcast_mut() {
+            Some(extension) => extension,
+            // `at` holds an `E`: found by type, or just pushed.
+            None => unreachable!("the extension at {at} is an E"),
+        }
+    }
+
+    pub(crate) fn on_runtime(&self, shared: &Arc<Shared>, runtime: &Handle) {
+        for extension in &self.0 {
+            extension.on_runtime(shared, runtime);
+        }
+    }
+
+    pub(crate) fn on_close(&self) {
+        for extension in &self.0 {
+            extension.on_close();
+        }
+    }
+
+    pub(crate) async fn drain(&self, deadline: Instant) {
+        for extension in &self.0 {
+            extension.drain(deadline).await;
+        }
     }
 }

@@ -122,6 +122,7 @@
 pub mod admin;
 mod background;
 mod cancel;
+mod cell;
 pub mod config;
 mod context;
 #[cfg(feature = "durable")]
@@ -129,7 +130,6 @@ mod context;
 pub mod durable;
 mod end;
 mod error;
-mod extension;
 mod extractor;
 mod handle;
 pub mod handler;
@@ -141,6 +141,7 @@ mod limits;
 mod metrics;
 pub mod mode;
 mod name;
+mod options;
 mod outcome;
 mod phase;
 mod registry;

@@ -8,11 +8,13 @@
 //! the few handle sets it used last, so that a task's lookup is usually a
 //! pointer comparison rather than a hash and a shard lock.
 
-use crate::TaskError;
-use crate::registry::TaskCell;
-
 #[cfg(feature = "metrics")]
-pub(crate) use enabled::{Instruments, TaskInstruments};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::Phase;
+use crate::TaskError;
+use crate::name::TaskName;
 
 #[cfg(feature = "metrics")]
 mod enabled {
@@ -160,51 +162,81 @@ mod enabled {
     }
 }
 
-/// A task was registered (queued).
-#[inline]
-pub(crate) fn scheduled(cell: &TaskCell) {
+/// A `Background`'s metric handles, registered with the recorder installed
+/// when they are first needed (nothing without the feature).
+#[derive(Debug, Default)]
+pub(crate) struct Instruments {
     #[cfg(feature = "metrics")]
-    {
-        let instruments = cell.instruments();
-        instruments.scheduled.increment(1);
-        instruments.in_flight.increment(1.0);
-        instruments.queued.increment(1.0);
-    }
-    #[cfg(not(feature = "metrics"))]
-    let _ = cell;
+    enabled: enabled::Instruments,
 }
 
-/// A task started running, `waited` after it was scheduled.
-#[inline]
-pub(crate) fn started(cell: &TaskCell, waited: std::time::Duration) {
-    #[cfg(feature = "metrics")]
-    {
-        let instruments = cell.instruments();
-        instruments.queued.decrement(1.0);
-        instruments.queue_wait.record(waited.as_secs_f64());
+impl Instruments {
+    /// The handles of a task called `name` in `phase`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn for_task(&self, name: &TaskName, phase: Phase) -> TaskMetrics {
+        TaskMetrics {
+            #[cfg(feature = "metrics")]
+            instruments: self.enabled.for_task(name, phase),
+        }
     }
-    #[cfg(not(feature = "metrics"))]
-    let _ = (cell, waited);
 }
 
-/// A task ended with `outcome`; `was_started` says whether it ran.
-#[inline]
-pub(crate) fn ended(cell: &TaskCell, was_started: bool, outcome: Option<&Result<(), TaskError>>) {
+/// One task's metric handles (nothing without the feature): what the task
+/// reports as it is scheduled, starts and ends.
+pub(crate) struct TaskMetrics {
     #[cfg(feature = "metrics")]
-    {
-        let instruments = cell.instruments();
-        let index = enabled::outcome_index(outcome);
-        instruments.ended[index].increment(1);
-        instruments.in_flight.decrement(1.0);
-        if !was_started {
+    instruments: Arc<enabled::TaskInstruments>,
+}
+
+impl TaskMetrics {
+    /// The task was registered (queued).
+    #[inline]
+    pub(crate) fn scheduled(&self) {
+        #[cfg(feature = "metrics")]
+        {
+            let instruments = &self.instruments;
+            instruments.scheduled.increment(1);
+            instruments.in_flight.increment(1.0);
+            instruments.queued.increment(1.0);
+        }
+    }
+
+    /// The task started running, `waited` after it was scheduled.
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn started(&self, waited: Duration) {
+        #[cfg(feature = "metrics")]
+        {
+            let instruments = &self.instruments;
             instruments.queued.decrement(1.0);
-        }
-        if let Some(started_at) = cell.started_at() {
-            instruments.run[index].record(started_at.elapsed().as_secs_f64());
+            instruments.queue_wait.record(waited.as_secs_f64());
         }
     }
-    #[cfg(not(feature = "metrics"))]
-    let _ = (cell, was_started, outcome);
+
+    /// The task ended with `outcome`; `was_started` says whether it ran,
+    /// `started_at` since when.
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn ended(
+        &self,
+        was_started: bool,
+        outcome: Option<&Result<(), TaskError>>,
+        started_at: Option<Instant>,
+    ) {
+        #[cfg(feature = "metrics")]
+        {
+            let instruments = &self.instruments;
+            let index = enabled::outcome_index(outcome);
+            instruments.ended[index].increment(1);
+            instruments.in_flight.decrement(1.0);
+            if !was_started {
+                instruments.queued.decrement(1.0);
+            }
+            if let Some(started_at) = started_at {
+                instruments.run[index].record(started_at.elapsed().as_secs_f64());
+            }
+        }
+    }
 }
 
 #[cfg(all(test, feature = "metrics"))]

@@ -8,7 +8,7 @@
 //!   (after-route before after-response, each in schedule order). A ticket is
 //!   issued, and the task's limits' permits are requested, under the
 //!   `pending` lock, so that both happen in that order.
-//! - A task whose ticket is `k` starts (its [`TaskCell::try_start`](crate::registry::TaskCell))
+//! - A task whose ticket is `k` starts (its [`TaskCell::try_start`](crate::cell::TaskCell))
 //!   only once `next == k`, and `next` moves past `k` only when ticket `k` is
 //!   passed: after its task's first poll (async) or just before its work is
 //!   called (sync), or when it is dropped unused (the task ended without
@@ -21,11 +21,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use http::Method;
 use http::request::Parts;
 use tracing::Span;
 
 use crate::Phase;
+use crate::info::RequestMeta;
 use crate::inner::Shared;
 
 /// A task waiting for its phase. Called under the request's lock with its
@@ -36,28 +36,6 @@ pub(crate) type Deferred = Box<dyn FnOnce(Option<Ticket>) -> Result<(), Rejectio
 /// A task refused at its start (its end already claimed), whose report runs
 /// user code and so waits until no lock is held.
 pub(crate) struct Rejection(pub(crate) Box<dyn FnOnce() + Send>);
-
-/// What a task's [`TaskInfo`](crate::TaskInfo) records of its request.
-#[derive(Debug)]
-pub(crate) struct RequestMeta {
-    pub(crate) method: Method,
-    pub(crate) path: Arc<str>,
-}
-
-impl RequestMeta {
-    fn from_parts(parts: &Parts) -> Self {
-        // Under `Router::nest` the URI has lost its prefix; axum keeps the
-        // original one in an extension.
-        let path = parts
-            .extensions
-            .get::<axum::extract::OriginalUri>()
-            .map_or_else(|| parts.uri.path(), |original| original.0.path());
-        RequestMeta {
-            method: parts.method.clone(),
-            path: Arc::from(path),
-        }
-    }
-}
 
 /// One request's background state, shared by the layer's future and body and
 /// by every `Tasks` extracted from the request.

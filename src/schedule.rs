@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::config::TaskConfig;
+use crate::cell::{NewTask, TaskCell};
 use crate::end::{self, How, RunnerGuard};
 use crate::error::RejectReason;
 use crate::handle::TaskHandle;
@@ -12,7 +12,7 @@ use crate::inner::Shared;
 use crate::limits::Admission;
 use crate::mode::Mode;
 use crate::name::TaskName;
-use crate::registry::{NewTask, TaskCell};
+use crate::options::TaskOptions;
 use crate::request::{Rejection, RequestScope};
 use crate::run::{self, Job};
 use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
@@ -24,7 +24,7 @@ pub(crate) fn once<T, M>(
     task: T,
     scope: Option<&Arc<RequestScope>>,
     phase: Option<Phase>,
-    config: TaskConfig,
+    config: TaskOptions,
 ) -> TaskHandle
 where
     T: IntoBackgroundTask<M>,
@@ -45,7 +45,7 @@ pub(crate) fn rerunnable<T, M>(
     task: T,
     scope: Option<&Arc<RequestScope>>,
     phase: Option<Phase>,
-    config: TaskConfig,
+    config: TaskOptions,
 ) -> TaskHandle
 where
     T: Rerunnable<M>,
@@ -58,7 +58,7 @@ where
 /// store): like a rerunnable task, but admitted during shutdown and never
 /// rejected by a full `max_in_flight` (it waits).
 #[cfg(feature = "durable")]
-pub(crate) fn committed<T, M>(shared: &Arc<Shared>, task: T, config: TaskConfig) -> TaskHandle
+pub(crate) fn committed<T, M>(shared: &Arc<Shared>, task: T, config: TaskOptions) -> TaskHandle
 where
     T: Rerunnable<M>,
 {
@@ -99,7 +99,7 @@ fn admit<Md: Mode, A: Attempts>(
     source: TaskSource<A>,
     scope: Option<&Arc<RequestScope>>,
     phase: Option<Phase>,
-    config: TaskConfig,
+    config: TaskOptions,
 ) -> TaskHandle {
     let default = &shared.default_config;
     // Names rank: per task, the task type's own, the default config's, derived.
@@ -129,6 +129,7 @@ fn admit<Md: Mode, A: Attempts>(
     // reads the registry, so a task either is seen by shutdown or sees
     // `closing` here.
     shared.registry.insert(&cell);
+    cell.metrics.scheduled();
     let admission = source.admission;
     let refused = if shared.is_closing() && admission == Admission::Standard {
         Some(RejectReason::ShuttingDown)

@@ -12,9 +12,9 @@ use tokio::time::Instant;
 
 use crate::background::Background;
 use crate::cancel;
+use crate::cell::TaskCell;
 use crate::end::{self, How};
 use crate::outcome::{OutcomeKind, ShutdownList};
-use crate::registry::TaskCell;
 use crate::{TaskError, TaskInfo};
 
 /// What [`Background::shutdown`] did with every task in flight when it began.
@@ -107,7 +107,7 @@ impl Background {
         // they hold run on, shielded).
         shared.extensions.on_close();
         let deadline = Instant::now() + grace;
-        let mut cells = shared.registry.cells();
+        let mut cells = shared.registry.entries();
         cells.sort_by_key(|cell| cell.id);
         tracing::info!(
             in_flight = cells.len(),

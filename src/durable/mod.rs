@@ -94,10 +94,11 @@ use tokio::time::Instant;
 
 use crate::background::BackgroundBuilder;
 use crate::config::TaskConfig;
-use crate::extension::Extension;
 use crate::extractor::Tasks;
 use crate::handle::TaskHandle;
+use crate::inner::Extension;
 use crate::inner::Shared;
+use crate::options::TaskOptions;
 use crate::{BackgroundTask, BoxError, Phase};
 
 pub use store::DurableStore;
@@ -192,14 +193,14 @@ impl axum::response::IntoResponse for DurableError {
 /// A registered type: how a worker runs a job stored under its name.
 pub(crate) struct Registration {
     type_id: TypeId,
-    config: TaskConfig,
-    run: fn(&Arc<Shared>, Arc<serde_json::Value>, &TaskConfig) -> TaskHandle,
+    options: TaskOptions,
+    run: fn(&Arc<Shared>, Arc<serde_json::Value>, &TaskOptions) -> TaskHandle,
 }
 
 impl fmt::Debug for Registration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registration")
-            .field("config", &self.config)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -207,10 +208,10 @@ impl fmt::Debug for Registration {
 /// The registered durable task types, by name.
 pub(crate) type Registry = HashMap<&'static str, Registration>;
 
-pub(crate) fn registration<T: DurableTask>(config: TaskConfig) -> Registration {
+pub(crate) fn registration<T: DurableTask>(options: TaskOptions) -> Registration {
     Registration {
         type_id: TypeId::of::<T>(),
-        config,
+        options,
         run: worker::run_job::<T>,
     }
 }
@@ -285,15 +286,15 @@ impl BackgroundBuilder {
     /// (and logs an error); scheduling the second then fails with
     /// [`DurableError::NotRegistered`].
     pub fn register_with<T: DurableTask>(mut self, config: TaskConfig) -> Self {
-        let config = TaskConfig {
+        let options = TaskOptions {
             name: None,
             phase: None,
-            ..config
+            ..config.options
         };
         let registry = &mut self.extensions.get_or_default::<Durable>().registry;
         match registry.entry(T::NAME) {
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(registration::<T>(config));
+                slot.insert(registration::<T>(options));
             }
             std::collections::hash_map::Entry::Occupied(_) => tracing::error!(
                 name = T::NAME,
@@ -366,14 +367,14 @@ impl DurableTasks {
             }
             _ => {
                 let store = store.clone();
-                let config = TaskConfig {
+                let options = TaskOptions {
                     name: Some(format!("{}:enqueue", T::NAME).into()),
                     shield: Some(true),
-                    ..registration.config.clone()
+                    ..registration.options.clone()
                 };
                 let job_id = id.clone();
                 self.tasks
-                    .schedule_once(async move { store.push(&job_id, job).await }, config);
+                    .schedule_once(async move { store.push(&job_id, job).await }, options);
             }
         }
         Ok(id)

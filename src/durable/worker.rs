@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{Backend, Job};
 use super::{DurableStore, DurableTask};
-use crate::config::TaskConfig;
 use crate::error::TaskError;
 use crate::handle::TaskHandle;
 use crate::inner::Shared;
+use crate::options::TaskOptions;
 use crate::{BackgroundTask, BoxError};
 
 /// This process's workers: started once a runtime is known, stopped by
@@ -159,7 +159,7 @@ async fn execute(shared: Weak<Shared>, job: Job) -> Result<(), BoxDynError> {
         );
         return Err(requeue(format!("no task registered as \"{}\"", job.task)));
     };
-    let handle = (registration.run)(&shared, Arc::new(job.args), &registration.config);
+    let handle = (registration.run)(&shared, Arc::new(job.args), &registration.options);
     match handle.outcome().await {
         Ok(()) => Ok(()),
         // Cut off by shutdown: leave it for the next worker.
@@ -178,11 +178,11 @@ fn requeue(reason: impl Into<String>) -> BoxDynError {
 pub(crate) fn run_job<T: DurableTask>(
     shared: &Arc<Shared>,
     args: Arc<serde_json::Value>,
-    config: &TaskConfig,
+    options: &TaskOptions,
 ) -> TaskHandle {
-    let config = TaskConfig {
+    let options = TaskOptions {
         shield: Some(true),
-        ..config.clone()
+        ..options.clone()
     };
     crate::schedule::committed(
         shared,
@@ -190,7 +190,7 @@ pub(crate) fn run_job<T: DurableTask>(
             args,
             _task: PhantomData,
         },
-        config,
+        options,
     )
 }
 

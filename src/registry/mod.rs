@@ -8,13 +8,12 @@
 //!   grows with the number of tasks ever run.
 //! - `in_flight` equals the number of entries in the map whenever no `insert`
 //!   or `remove` is under way; it is the count `wait_idle` waits on.
-//! - Each task is removed exactly once: only the winner of
-//!   [`TaskCell::try_finish`] reports and removes it.
+//! - Each task is removed exactly once: only the one who claimed its end
+//!   (`end.rs`) removes it.
 //! - The counters are updated before the task's `in_flight` decrement, which
 //!   is `Release`; `wait_idle` reads `in_flight` with `Acquire`, so the
 //!   counters are final when it resolves.
 
-mod cell;
 mod counters;
 
 use std::future::Future;
@@ -29,18 +28,23 @@ use rustc_hash::FxBuildHasher;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
-pub(crate) use cell::{NewTask, TaskCell};
 pub(crate) use counters::Counters;
 pub use counters::Stats;
 
 use crate::{TaskId, TaskInfo};
 
+/// What the registry keeps of a task.
+pub(crate) trait Entry {
+    fn id(&self) -> TaskId;
+    fn info(&self) -> TaskInfo;
+}
+
 /// In-flight tasks by id, with the counters.
-#[derive(Debug, Default)]
-pub(crate) struct Registry {
+#[derive(Debug)]
+pub(crate) struct Registry<E> {
     /// Ids are sequential integers: a multiplicative hash spreads them well at
     /// a fraction of SipHash's cost (nothing here comes from outside).
-    tasks: DashMap<TaskId, Arc<TaskCell>, FxBuildHasher>,
+    tasks: DashMap<TaskId, Arc<E>, FxBuildHasher>,
     next_id: AtomicU64,
     in_flight: AtomicUsize,
     /// Notified when `in_flight` drops to zero.
@@ -48,37 +52,43 @@ pub(crate) struct Registry {
     pub(crate) counters: Counters,
 }
 
-impl Registry {
+impl<E> Default for Registry<E> {
+    fn default() -> Self {
+        Registry {
+            tasks: DashMap::default(),
+            next_id: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            counters: Counters::default(),
+        }
+    }
+}
+
+impl<E: Entry> Registry<E> {
     pub(crate) fn next_id(&self) -> TaskId {
         // Relaxed: uniqueness needs only the atomicity of the add.
         TaskId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// Adds a just-scheduled task (counted as queued).
-    pub(crate) fn insert(&self, cell: &Arc<TaskCell>) {
+    pub(crate) fn insert(&self, entry: &Arc<E>) {
         self.counters.scheduled();
         // Relaxed: the count is only read as "zero or not" after a Release decrement.
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.tasks.insert(cell.id, Arc::clone(cell));
-        crate::metrics::scheduled(cell);
+        self.tasks.insert(entry.id(), Arc::clone(entry));
     }
 
-    /// Ends a task whose outcome has been reported: counts it, publishes the
-    /// outcome to its handle, and removes it.
-    pub(crate) fn end(&self, cell: &TaskCell, was_started: bool) {
-        if let Some(outcome) = cell.decided_outcome() {
-            self.counters.ended(was_started, outcome);
-        }
-        crate::metrics::ended(cell, was_started, cell.decided_outcome());
-        cell.publish();
-        self.tasks.remove(&cell.id);
+    /// Removes a task that has ended and been counted
+    /// ([`Counters::ended`]).
+    pub(crate) fn remove(&self, id: TaskId) {
+        self.tasks.remove(&id);
         // Release: publishes the counters and the removal to `wait_idle`.
         if self.in_flight.fetch_sub(1, Ordering::Release) == 1 {
             self.idle.notify_waiters();
         }
     }
 
-    pub(crate) fn get(&self, id: TaskId) -> Option<Arc<TaskCell>> {
+    pub(crate) fn get(&self, id: TaskId) -> Option<Arc<E>> {
         self.tasks.get(&id).map(|entry| Arc::clone(entry.value()))
     }
 
@@ -89,7 +99,7 @@ impl Registry {
 
     /// The cells of every task in flight (shard guards are released before
     /// this returns).
-    pub(crate) fn cells(&self) -> Vec<Arc<TaskCell>> {
+    pub(crate) fn entries(&self) -> Vec<Arc<E>> {
         self.tasks
             .iter()
             .map(|entry| Arc::clone(entry.value()))
@@ -105,14 +115,17 @@ impl Registry {
         infos.sort_by_key(|info| info.id);
         infos
     }
+}
 
+impl<E> Registry<E> {
     pub(crate) fn len(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
 
     pub(crate) fn wait_idle(&self) -> WaitIdleFuture<'_> {
         WaitIdleFuture {
-            registry: self,
+            in_flight: &self.in_flight,
+            idle: &self.idle,
             notified: self.idle.notified(),
         }
     }
@@ -122,7 +135,8 @@ pin_project! {
     /// Resolves when no task is in flight. See [`Background::wait_idle`](crate::Background::wait_idle).
     #[must_use = "futures do nothing unless polled"]
     pub struct WaitIdleFuture<'a> {
-        registry: &'a Registry,
+        in_flight: &'a AtomicUsize,
+        idle: &'a Notify,
         #[pin]
         notified: Notified<'a>,
     }
@@ -136,11 +150,13 @@ impl Future for WaitIdleFuture<'_> {
         loop {
             // The `Notified` was created before this check, so a drop to zero
             // after it is never missed.
-            if this.registry.len() == 0 {
+            // Acquire, paired with the Release decrement in `remove`: the
+            // counters are final once this reads zero.
+            if this.in_flight.load(Ordering::Acquire) == 0 {
                 return Poll::Ready(());
             }
             ready!(this.notified.as_mut().poll(cx));
-            this.notified.set(this.registry.idle.notified());
+            this.notified.set(this.idle.notified());
         }
     }
 }
@@ -148,7 +164,7 @@ impl Future for WaitIdleFuture<'_> {
 impl std::fmt::Debug for WaitIdleFuture<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WaitIdleFuture")
-            .field("in_flight", &self.registry.len())
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
             .finish()
     }
 }

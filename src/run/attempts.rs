@@ -15,11 +15,11 @@ use tokio::runtime::Handle;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Exec, Job};
+use crate::cell::TaskCell;
 use crate::end::{self, Ending, How};
 use crate::error::panic_message;
 use crate::limits::Permit;
 use crate::mode::ModeKind;
-use crate::registry::TaskCell;
 use crate::request::Ticket;
 use crate::task::Attempts;
 use crate::{BoxError, TaskError};

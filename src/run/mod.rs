@@ -173,7 +173,7 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn the_task_cell_stays_small() {
-        let cell = std::mem::size_of::<crate::registry::TaskCell>();
+        let cell = std::mem::size_of::<crate::cell::TaskCell>();
         // The metric handles are one more pointer.
         let limit = if cfg!(feature = "metrics") { 208 } else { 200 };
         assert!(cell <= limit, "a task cell takes {cell} bytes");

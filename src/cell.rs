@@ -13,11 +13,12 @@ use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::SharedErrorHandler;
+use crate::info::RequestMeta;
 use crate::inner::Shared;
+use crate::metrics::TaskMetrics;
 use crate::mode::ModeKind;
 use crate::name::TaskName;
-use crate::registry::Counters;
-use crate::request::RequestMeta;
+use crate::registry::{Counters, Entry};
 use crate::{Phase, TaskError, TaskId, TaskInfo};
 
 /// Registered, waiting for its phase, a slot or a worker.
@@ -71,8 +72,7 @@ pub(crate) struct TaskCell {
     /// Set once, by whoever moves the state to `FINISHING`.
     outcome: OnceLock<Result<(), TaskError>>,
     /// The task's metric handles.
-    #[cfg(feature = "metrics")]
-    instruments: Arc<crate::metrics::TaskInstruments>,
+    pub(crate) metrics: TaskMetrics,
     /// Wakes handle futures on start and on end; only rung once one is
     /// `watched` (most tasks are never awaited).
     notify: Notify,
@@ -92,8 +92,7 @@ pub(crate) struct NewTask {
 
 impl TaskCell {
     pub(crate) fn new(task: NewTask) -> Self {
-        #[cfg(feature = "metrics")]
-        let instruments = task.shared.instruments.for_task(&task.name, task.phase);
+        let metrics = task.shared.instruments.for_task(&task.name, task.phase);
         TaskCell {
             shared: task.shared,
             id: task.id,
@@ -113,8 +112,7 @@ impl TaskCell {
             waker: AtomicWaker::new(),
             token: OnceLock::new(),
             outcome: OnceLock::new(),
-            #[cfg(feature = "metrics")]
-            instruments,
+            metrics,
             notify: Notify::new(),
             watched: AtomicBool::new(false),
         }
@@ -155,7 +153,7 @@ impl TaskCell {
             let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX - 1);
             self.started.store(nanos + 1, Ordering::SeqCst);
             self.attempts.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::started(self, waited);
+            self.metrics.started(waited);
             self.wake_watchers();
         }
         won
@@ -206,12 +204,6 @@ impl TaskCell {
         // `wake_watchers` pairs with `notified` (see there).
         self.state.store(ENDED, Ordering::SeqCst);
         self.wake_watchers();
-    }
-
-    /// The task's metric handles.
-    #[cfg(feature = "metrics")]
-    pub(crate) fn instruments(&self) -> &crate::metrics::TaskInstruments {
-        &self.instruments
     }
 
     /// When the task started, if it has.
@@ -329,6 +321,16 @@ impl TaskCell {
         } else {
             Poll::Pending
         }
+    }
+}
+
+impl Entry for TaskCell {
+    fn id(&self) -> TaskId {
+        self.id
+    }
+
+    fn info(&self) -> TaskInfo {
+        TaskCell::info(self)
     }
 }
 
