@@ -15,6 +15,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Path;
 use axum::http::{Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use axum_background::mode::{self, ModeKind};
@@ -33,6 +34,16 @@ fn request(method: Method, uri: &str) -> Request<Body> {
         .uri(uri)
         .body(Body::empty())
         .expect("valid request")
+}
+
+/// Sends `method uri` through `app` and reads the whole response: its status
+/// and its body as text.
+async fn respond(app: Router, method: Method, uri: &str) -> (StatusCode, String) {
+    let response = app.oneshot(request(method, uri)).await.expect("infallible");
+    let status = response.status();
+    let body = within("body", response.into_body().collect()).await;
+    let body = body.expect("infallible").to_bytes().to_vec();
+    (status, String::from_utf8(body).expect("utf-8"))
 }
 
 /// Lets every async task spawned so far start, on a current-thread runtime:
@@ -187,104 +198,119 @@ async fn after_route_starts_when_handler_returns_and_after_response_when_stream_
     assert_all_ok(&[after_route, after_response]).await;
 }
 
-#[tokio::test]
-async fn after_response_starts_on_the_last_data_frame_of_a_sized_body() {
+/// What a handler answers, and so how its response body ends.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// A sized body (Content-Length): its last data frame leaves it at
+    /// `is_end_stream`.
+    Sized(&'static str),
+    /// A stream that yields its data, then fails.
+    FailsAfter(&'static str),
+    /// `204 No Content`: no body at all.
+    NoContent,
+    /// A stream that never ends on its own (only a HEAD request ends it).
+    Endless,
+}
+
+impl Answer {
+    fn respond(self) -> Response {
+        match self {
+            Answer::Sized(data) => data.into_response(),
+            Answer::FailsAfter(data) => Body::from_stream(futures_util::stream::iter([
+                Ok(Bytes::from_static(data.as_bytes())),
+                Err(std::io::Error::other("disk read failed")),
+            ]))
+            .into_response(),
+            Answer::NoContent => StatusCode::NO_CONTENT.into_response(),
+            Answer::Endless => {
+                Body::from_stream(futures_util::stream::pending::<Result<Bytes, Infallible>>())
+                    .into_response()
+            }
+        }
+    }
+}
+
+/// Sends `method /` to a handler that schedules one after-response task and
+/// answers `answer`, then reads the body frame by frame: the task must not
+/// start while the body may still yield, and must start as soon as the body
+/// has ended, while it is still alive and without another poll.
+async fn assert_after_response_starts_when_the_body_ends(method: Method, answer: Answer) {
     let background = Background::new();
     let (out, mut handed) = mpsc::unbounded_channel::<TaskHandle>();
+    let handler = move |tasks: Tasks| {
+        out.send(tasks.after_response().schedule(async {}))
+            .expect("test listens");
+        async move { answer.respond() }
+    };
     let app = Router::new()
-        .route(
-            "/sized",
-            get(move |tasks: Tasks| {
-                let out = out.clone();
-                async move {
-                    out.send(tasks.after_response().schedule(async {}))
-                        .expect("test listens");
-                    "hello"
-                }
-            }),
-        )
+        .route("/", get(handler.clone()).post(handler))
         .layer(background.layer());
 
     let response = app
-        .oneshot(request(Method::GET, "/sized"))
+        .oneshot(request(method.clone(), "/"))
         .await
         .expect("infallible");
+    let expected = match answer {
+        Answer::NoContent => StatusCode::NO_CONTENT,
+        _ => StatusCode::OK,
+    };
+    assert_eq!(response.status(), expected);
     let after_response = handed.try_recv().expect("handler ran");
-    run_spawned_so_far(&background).await;
-    assert!(
-        !after_response.is_started(),
-        "after-response started before the body was polled"
-    );
-
     let mut body = response.into_body();
-    let frame = within("the only frame", body.frame())
-        .await
-        .expect("a frame")
-        .expect("infallible");
-    assert_eq!(frame.into_data().expect("data"), "hello");
-    assert!(body.is_end_stream(), "a sized body knows it has ended");
-    // No further poll: hyper stops after the last frame of a Content-Length
-    // body, so `is_end_stream` must be enough to fire the phase.
-    within(
-        "after-response to start on the last data frame",
-        after_response.started(),
-    )
-    .await;
+    match answer {
+        // Nothing to send: the body is never polled.
+        _ if method == Method::HEAD => assert!(body.is_end_stream(), "HEAD has no body"),
+        Answer::NoContent => assert!(body.is_end_stream(), "a 204 has no body"),
+        Answer::Sized(data) | Answer::FailsAfter(data) => {
+            run_spawned_so_far(&background).await;
+            assert!(
+                !after_response.is_started(),
+                "after-response started before the body was polled"
+            );
+            let frame = within("a data frame", body.frame())
+                .await
+                .expect("a frame")
+                .expect("data, not the error yet");
+            assert_eq!(frame.into_data().expect("data"), data);
+            if let Answer::Sized(_) = answer {
+                // No further poll: hyper stops after the last frame of a
+                // Content-Length body, so `is_end_stream` must be enough to
+                // fire the phase.
+                assert!(body.is_end_stream(), "a sized body knows it has ended");
+            } else {
+                run_spawned_so_far(&background).await;
+                assert!(
+                    !after_response.is_started(),
+                    "started before the body ended"
+                );
+                let error = within("the failing frame", body.frame()).await;
+                assert!(
+                    matches!(error, Some(Err(_))),
+                    "the body error comes through"
+                );
+                // The body is still alive: the error itself ends the response.
+            }
+        }
+        Answer::Endless => unreachable!("only a HEAD request ends an endless body"),
+    }
+    within("after-response to start", after_response.started()).await;
     drop(body);
     assert_all_ok(&[after_response]).await;
 }
 
-#[tokio::test]
-async fn after_response_starts_when_the_body_fails_mid_stream() {
-    let background = Background::new();
-    let (out, mut handed) = mpsc::unbounded_channel::<TaskHandle>();
-    let app = Router::new()
-        .route(
-            "/broken",
-            get(move |tasks: Tasks| {
-                let out = out.clone();
-                async move {
-                    out.send(tasks.after_response().schedule(async {}))
-                        .expect("test listens");
-                    Body::from_stream(futures_util::stream::iter([
-                        Ok(Bytes::from_static(b"partial")),
-                        Err(std::io::Error::other("disk read failed")),
-                    ]))
-                }
-            }),
-        )
-        .layer(background.layer());
+/// One test per row: `test: request method, what the handler answers;`.
+macro_rules! after_response_starts_when_the_body_ends {
+    ($($test:ident: $method:ident, $answer:expr;)*) => {$(
+        #[tokio::test]
+        async fn $test() {
+            assert_after_response_starts_when_the_body_ends(Method::$method, $answer).await;
+        }
+    )*};
+}
 
-    let response = app
-        .oneshot(request(Method::GET, "/broken"))
-        .await
-        .expect("infallible");
-    let after_response = handed.try_recv().expect("handler ran");
-    let mut body = response.into_body();
-    let first = within("first frame", body.frame())
-        .await
-        .expect("a frame")
-        .expect("data, not the error yet");
-    assert_eq!(first.into_data().expect("data"), "partial");
-    run_spawned_so_far(&background).await;
-    assert!(
-        !after_response.is_started(),
-        "started before the body ended"
-    );
-
-    let error = within("the failing frame", body.frame()).await;
-    assert!(
-        matches!(error, Some(Err(_))),
-        "the body error comes through"
-    );
-    // The body is still alive: the error itself ends the response.
-    within(
-        "after-response to start on a body error",
-        after_response.started(),
-    )
-    .await;
-    drop(body);
-    assert_all_ok(&[after_response]).await;
+after_response_starts_when_the_body_ends! {
+    after_response_starts_on_the_last_data_frame_of_a_sized_body: GET, Answer::Sized("hello");
+    after_response_starts_when_the_body_fails_mid_stream:         GET, Answer::FailsAfter("partial");
 }
 
 // ---------------------------------------- 2. client gone in the middle of the body
@@ -424,12 +450,7 @@ fn tasks_start_in_phase_order_then_in_schedule_order() {
             )
             .layer(background.layer());
 
-        let response = app
-            .oneshot(request(Method::GET, "/order"))
-            .await
-            .expect("infallible");
-        let body = within("body", response.into_body().collect()).await;
-        assert_eq!(body.expect("infallible").to_bytes(), "ok");
+        assert_eq!(respond(app, Method::GET, "/order").await.1, "ok");
         within("every task to end", background.wait_idle()).await;
 
         let starts = events.snapshot();
@@ -528,13 +549,10 @@ async fn error_response_still_runs_every_phase() {
         )
         .layer(background.layer());
 
-    let response = app
-        .oneshot(request(Method::POST, "/fail"))
-        .await
-        .expect("infallible");
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let body = within("body", response.into_body().collect()).await;
-    assert_eq!(body.expect("infallible").to_bytes(), "boom");
+    assert_eq!(
+        respond(app, Method::POST, "/fail").await,
+        (StatusCode::INTERNAL_SERVER_ERROR, "boom".to_owned())
+    );
 
     let handles = handed.try_recv().expect("handler ran");
     assert_every_phase_ran(&events, &handles).await;
@@ -686,16 +704,12 @@ async fn tasks_without_the_layer_is_a_500_naming_the_fix() {
         }),
     );
 
-    let response = app
-        .oneshot(request(Method::GET, "/"))
-        .await
-        .expect("a response, not a panic");
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let body = within("body", response.into_body().collect())
-        .await
-        .expect("infallible")
-        .to_bytes();
-    let text = std::str::from_utf8(&body).expect("utf-8");
+    let (status, text) = respond(app, Method::GET, "/").await;
+    assert_eq!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "a response, not a panic"
+    );
     assert!(text.contains("background.layer()"), "body: {text:?}");
 }
 
@@ -706,13 +720,10 @@ async fn optional_tasks_without_the_layer_is_none() {
         get(|tasks: Option<Tasks>| async move { if tasks.is_some() { "some" } else { "none" } }),
     );
 
-    let response = app
-        .oneshot(request(Method::GET, "/"))
-        .await
-        .expect("infallible");
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = within("body", response.into_body().collect()).await;
-    assert_eq!(body.expect("infallible").to_bytes(), "none");
+    assert_eq!(
+        respond(app, Method::GET, "/").await,
+        (StatusCode::OK, "none".to_owned())
+    );
 }
 
 // --------------------------------------------- 7. clones past their phase
@@ -743,12 +754,7 @@ async fn tasks_clone_moved_into_a_task_starts_deferred_phases_at_once_after_the_
         )
         .layer(background.layer());
 
-    let response = app
-        .oneshot(request(Method::GET, "/"))
-        .await
-        .expect("infallible");
-    let body = within("body", response.into_body().collect()).await;
-    assert_eq!(body.expect("infallible").to_bytes(), "ok");
+    assert_eq!(respond(app, Method::GET, "/").await.1, "ok");
 
     // The request is over; the clone schedules from inside a task now.
     go.send(()).expect("task waits");
@@ -815,73 +821,9 @@ async fn tasks_clone_kept_past_the_handler_starts_after_route_at_once_and_after_
 
 // ----------------------------------------------- 8. responses without a body
 
-#[tokio::test]
-async fn no_content_response_starts_after_response_without_polling_the_body() {
-    let background = Background::new();
-    let (out, mut handed) = mpsc::unbounded_channel::<TaskHandle>();
-    let app = Router::new()
-        .route(
-            "/",
-            post(move |tasks: Tasks| {
-                let out = out.clone();
-                async move {
-                    out.send(tasks.after_response().schedule(async {}))
-                        .expect("test listens");
-                    StatusCode::NO_CONTENT
-                }
-            }),
-        )
-        .layer(background.layer());
-
-    let response = app
-        .oneshot(request(Method::POST, "/"))
-        .await
-        .expect("infallible");
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    assert!(response.body().is_end_stream());
-    let after_response = handed.try_recv().expect("handler ran");
-    // The response (and its body) is still alive and never polled.
-    within("after-response of a 204", after_response.started()).await;
-    drop(response);
-    assert_all_ok(&[after_response]).await;
-}
-
-#[tokio::test]
-async fn head_response_starts_after_response_without_polling_the_body() {
-    let background = Background::new();
-    let (out, mut handed) = mpsc::unbounded_channel::<Download>();
-    let app = Router::new()
-        .route(
-            "/",
-            get(move |tasks: Tasks| {
-                let out = out.clone();
-                async move {
-                    // A GET body that would never end on its own.
-                    let (chunks, body) = channel_body();
-                    out.send(Download {
-                        after_response: tasks.after_response().schedule(async {}),
-                        chunks,
-                    })
-                    .expect("test listens");
-                    body
-                }
-            }),
-        )
-        .layer(background.layer());
-
-    let response = app
-        .oneshot(request(Method::HEAD, "/"))
-        .await
-        .expect("infallible");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.body().is_end_stream(), "HEAD has no body");
-    let Download {
-        after_response,
-        chunks,
-    } = handed.try_recv().expect("handler ran");
-    within("after-response of a HEAD", after_response.started()).await;
-    drop((response, chunks));
-    assert_all_ok(&[after_response]).await;
+after_response_starts_when_the_body_ends! {
+    no_content_response_starts_after_response_without_polling_the_body: POST, Answer::NoContent;
+    head_response_starts_after_response_without_polling_the_body:       HEAD, Answer::Endless;
 }
 
 // --------------------------------------------------- 9. what TaskInfo says
