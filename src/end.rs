@@ -1,7 +1,7 @@
 //! The end of a task: the only way out. Every completion, failure, panic,
 //! timeout, cancellation, shutdown cut-off, rejection and dropped runner
-//! ends through [`end`], which claims the task's end once (see the cell's
-//! invariants in `registry/cell.rs`), logs a failure, hands it to the
+//! ends through [`end`], which claims the task's end once (see the claim
+//! protocol's invariants in `cell/state.rs`), logs a failure, hands it to the
 //! task's error handler and takes the task out of the registry.
 
 use std::future::Future;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 
-use crate::cell::TaskCell;
+use crate::cell::{Claim, Claimant, TaskCell};
 use crate::error::panic_message;
 use crate::mode::ModeKind;
 use crate::outcome::OutcomeKind;
@@ -56,48 +56,26 @@ pub(crate) type Report = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Ends `cell` with `outcome`, unless its end was claimed already.
 pub(crate) fn end(cell: &Arc<TaskCell>, outcome: Result<(), TaskError>, how: How) -> Ending {
-    let was_started = match how {
-        How::Runner => match cell.try_finish(outcome) {
-            Some(was_started) => was_started,
-            // Cancelled on request while running: its work is dropped by now.
-            None if cell.take_delegated_report() => true,
-            None => return Ending::Lost,
+    let claimant = match how {
+        How::Runner => Claimant::Runner,
+        How::RunnerGone => Claimant::RunnerGone,
+        How::Unstarted => Claimant::Unstarted,
+        How::Cancel => Claimant::Cancel {
+            interruptible: cell.mode == ModeKind::Async,
         },
-        How::RunnerGone => match cell.try_finish(outcome) {
-            Some(was_started) => was_started,
-            None if cell.runner_leaves() => true,
-            None => return Ending::Lost,
-        },
-        How::Unstarted => match cell.try_finish(outcome) {
-            Some(was_started) => was_started,
-            None => return Ending::Lost,
-        },
-        // Claim first, then signal: the runner, woken by the signal, must
-        // find the end taken.
-        How::Cancel => match cell.try_finish(outcome) {
-            Some(true) if cell.mode == ModeKind::Async => {
-                // Its runner reports once the future is dropped, unless its
-                // work ended as this claim was made and the runner is gone.
-                let report_here = cell.delegate_report();
-                cell.request_cancel();
-                if !report_here {
-                    return Ending::Ended;
-                }
-                true
-            }
-            Some(was_started) => {
-                cell.request_cancel();
-                was_started
-            }
-            None => return Ending::Lost,
-        },
-        How::CancelQueued => {
-            if !cell.try_finish_queued(outcome) {
-                return Ending::Lost;
-            }
-            cell.request_cancel();
-            false
-        }
+        How::CancelQueued => Claimant::CancelQueued,
+    };
+    let claim = cell.claim(claimant, outcome);
+    // Claim first, then signal: the runner, woken by the signal, must find
+    // the end taken.
+    if matches!(how, How::Cancel | How::CancelQueued) && claim != Claim::Lost {
+        cell.request_cancel();
+    }
+    let was_started = match claim {
+        Claim::Lost => return Ending::Lost,
+        // Its runner reports once the future is dropped.
+        Claim::LeftToRunner => return Ending::Ended,
+        Claim::Report { was_started } => was_started,
     };
     if how == How::Runner {
         return match report_in_place(cell, was_started) {

@@ -1,8 +1,26 @@
 //! One task's shared state: what the registry, its handle, its runner and
 //! its cancellers share.
+//!
+//! # Invariants
+//!
+//! - Who may start and end the task is the protocol of `state.rs` (with its
+//!   own invariants and a `loom` model): the task starts at most once, its
+//!   end is claimed once, and the claimant alone sets `outcome` (before
+//!   reporting) and publishes it.
+//! - `started` is 0 until the task starts, then set once (by the runner,
+//!   after winning the start).
+//! - A cancellation request is a flag, then a wake: `cancel_requested` is
+//!   set before the runner's waker is woken and before the token (if one was
+//!   ever made) is cancelled; a token made after the request is cancelled at
+//!   birth (the two `SeqCst` fences pair, so one side always sees the other).
+//! - Handle futures are woken at a start and at the end only once one is
+//!   `watched` (the flag is set before they check the state, the state is
+//!   written before the waker checks the flag: `SeqCst` on both sides).
+
+mod state;
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,24 +39,13 @@ use crate::name::TaskName;
 use crate::registry::{Counters, Entry};
 use crate::{Phase, TaskError, TaskId, TaskInfo};
 
-/// Registered, waiting for its phase, a slot or a worker.
-const QUEUED: u8 = 0;
-/// Its work has started.
-const RUNNING: u8 = 1;
-/// Its outcome is decided and being reported (logged, handed to its handler).
-const FINISHING: u8 = 2;
-/// Its outcome is published and it has left the registry.
-const ENDED: u8 = 3;
+use state::TaskState;
+pub(crate) use state::{Claim, Claimant};
 
 /// What the registry, the task's handle and its runner share.
-///
-/// `state` only moves forward: `QUEUED -> RUNNING -> FINISHING -> ENDED`, or
-/// `QUEUED -> FINISHING` for a task that never starts. The move to
-/// `FINISHING` is a compare-and-swap: whoever wins it reports the outcome, so
-/// each task is reported exactly once.
 pub(crate) struct TaskCell {
     /// The `Background` the task belongs to (one reference per task: the
-    /// registry, its membership and its handle reach it through here).
+    /// registry, its runner and its handle reach it through here).
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: TaskId,
     name: TaskName,
@@ -50,21 +57,13 @@ pub(crate) struct TaskCell {
     pub(crate) request: Option<Arc<RequestMeta>>,
     /// `Some` when the merged config names a handler.
     pub(crate) on_error: Option<SharedErrorHandler>,
-    state: AtomicU8,
+    state: TaskState,
     /// When the task started, as nanoseconds after `scheduled_at` plus one;
     /// 0 until it starts. (An atomic, not a `OnceLock`: it is on every task's
     /// path.)
     started: AtomicU64,
     attempts: AtomicU32,
     cancel_requested: AtomicBool,
-    /// Set when a canceller claimed a running async task's end but left the
-    /// report to its runner, so that the future is dropped before the outcome
-    /// is published. Taken once: by the runner, by its membership's drop, or
-    /// by the canceller itself if the runner was already gone.
-    delegated: AtomicBool,
-    /// Set when the task's membership is dropped: no runner is left to take
-    /// a delegated report.
-    runner_gone: AtomicBool,
     /// The running future's waker, woken by `request_cancel`.
     waker: AtomicWaker,
     /// `Some` once the task has asked for a token (see `TaskContext`).
@@ -103,12 +102,10 @@ impl TaskCell {
             scheduled_at: Instant::now(),
             request: task.request,
             on_error: task.on_error,
-            state: AtomicU8::new(QUEUED),
+            state: TaskState::new(),
             started: AtomicU64::new(0),
             attempts: AtomicU32::new(0),
             cancel_requested: AtomicBool::new(false),
-            delegated: AtomicBool::new(false),
-            runner_gone: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             token: OnceLock::new(),
             outcome: OnceLock::new(),
@@ -142,15 +139,12 @@ impl TaskCell {
     /// `QUEUED -> RUNNING`, counted before anyone is told; false if the task
     /// was ended before it started.
     pub(crate) fn try_start(&self, counters: &Counters) -> bool {
-        // AcqRel: pairs with the CAS in `try_finish`, so that exactly one wins.
-        let won = self
-            .state
-            .compare_exchange(QUEUED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok();
+        let won = self.state.try_start();
         if won {
             counters.started();
             let waited = self.scheduled_at.elapsed();
             let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX - 1);
+            // SeqCst: `is_started` and `wake_watchers` (see the invariants).
             self.started.store(nanos + 1, Ordering::SeqCst);
             self.attempts.fetch_add(1, Ordering::Relaxed);
             self.metrics.started(waited);
@@ -159,50 +153,19 @@ impl TaskCell {
         won
     }
 
-    /// Claims the right to report the task's end, with its outcome. Returns
-    /// whether the task had started, or `None` if someone else already
-    /// claimed it.
-    pub(crate) fn try_finish(&self, outcome: Result<(), TaskError>) -> Option<bool> {
-        let mut current = self.state.load(Ordering::Acquire);
-        loop {
-            if current >= FINISHING {
-                return None;
-            }
-            match self.state.compare_exchange(
-                current,
-                FINISHING,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    // Only the claimant sets it: `set` cannot fail here.
-                    let _ = self.outcome.set(outcome);
-                    return Some(current == RUNNING);
-                }
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
-    /// `QUEUED -> FINISHING`: claims a task that has not started, so that it
-    /// never will.
-    pub(crate) fn try_finish_queued(&self, outcome: Result<(), TaskError>) -> bool {
-        let claimed = self
-            .state
-            .compare_exchange(QUEUED, FINISHING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if claimed {
+    /// Claims the task's end for `claimant`; the winner's `outcome` is set
+    /// before the claim can be reported. See `state.rs`.
+    pub(crate) fn claim(&self, claimant: Claimant, outcome: Result<(), TaskError>) -> Claim {
+        self.state.claim(claimant, || {
+            // Only the winner of the claim gets here, once.
             let _ = self.outcome.set(outcome);
-        }
-        claimed
+        })
     }
 
     /// Marks the task ended, once its outcome has been reported, and wakes
     /// every handle future.
     pub(crate) fn publish(&self) {
-        // SeqCst: a reader that sees ENDED sees everything the report did, and
-        // `wake_watchers` pairs with `notified` (see there).
-        self.state.store(ENDED, Ordering::SeqCst);
+        self.state.publish();
         self.wake_watchers();
     }
 
@@ -241,7 +204,7 @@ impl TaskCell {
     }
 
     pub(crate) fn is_ended(&self) -> bool {
-        self.state.load(Ordering::SeqCst) == ENDED
+        self.state.is_ended()
     }
 
     /// The outcome, once the task has ended (its handler has returned).
@@ -282,29 +245,6 @@ impl TaskCell {
         token
     }
 
-    /// Leaves the report of a claimed end to the task's runner. Returns
-    /// whether the caller must report after all: the runner was gone (its
-    /// work ended at the same moment) and nobody else took the report.
-    pub(crate) fn delegate_report(&self) -> bool {
-        // SeqCst, paired with `runner_leaves`: either the runner's last take
-        // sees this flag, or this load sees the runner gone (or both; the
-        // swap in `take_delegated_report` lets one of them report).
-        self.delegated.store(true, Ordering::SeqCst);
-        self.runner_gone.load(Ordering::SeqCst) && self.take_delegated_report()
-    }
-
-    /// Whether this caller must report a claimed end (true at most once).
-    pub(crate) fn take_delegated_report(&self) -> bool {
-        self.delegated.swap(false, Ordering::SeqCst)
-    }
-
-    /// The runner is gone: returns whether it must still report a delegated
-    /// end (see `delegate_report`).
-    pub(crate) fn runner_leaves(&self) -> bool {
-        self.runner_gone.store(true, Ordering::SeqCst);
-        self.take_delegated_report()
-    }
-
     pub(crate) fn is_cancel_requested(&self) -> bool {
         self.cancel_requested.load(Ordering::Acquire)
     }
@@ -339,7 +279,7 @@ impl std::fmt::Debug for TaskCell {
         f.debug_struct("TaskCell")
             .field("id", &self.id)
             .field("name", &self.name())
-            .field("state", &self.state.load(Ordering::Relaxed))
+            .field("state", &self.state.peek())
             .finish_non_exhaustive()
     }
 }
