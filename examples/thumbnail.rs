@@ -2,8 +2,9 @@
 //!
 //! The guide's "Example 2: Image Processing (Sync)". The `image` crate, like
 //! PIL, is synchronous: decoding and resizing keep a thread busy. So the
-//! thumbnail is a `BlockingTask`, run on tokio's blocking pool while the
-//! runtime goes on serving requests.
+//! thumbnail is a sync task (`type Mode = mode::Sync`), run on tokio's
+//! blocking pool while the runtime goes on serving requests. (`BlockingTask`
+//! is the shorthand for such a task: a plain `fn run`, nothing to await.)
 //!
 //! The example draws a 1200x800 gradient, uploads it to itself, and the
 //! upload handler saves it and schedules the thumbnail, written next to it.
@@ -18,7 +19,9 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use axum_background::{Background, BlockingTask, BoxError, TaskConfig, TaskError, TaskInfo, Tasks};
+use axum_background::{
+    Background, BackgroundTask, BoxError, TaskConfig, TaskError, TaskInfo, Tasks, mode,
+};
 use bytes::Bytes;
 use image::imageops::FilterType;
 use image::{ImageFormat, Rgb, RgbImage};
@@ -32,8 +35,10 @@ struct Thumbnail {
     image: PathBuf,
 }
 
-impl BlockingTask for Thumbnail {
-    fn run(self) -> Result<(), BoxError> {
+impl BackgroundTask for Thumbnail {
+    type Mode = mode::Sync; // runs on the blocking pool: blocking calls are fine here
+
+    async fn run(self) -> Result<(), BoxError> {
         let image = image::open(&self.image)?; // reads and decodes the PNG
         // PIL's `img.thumbnail((200, 200))` keeps the aspect ratio (1200x800
         // gives 200x133); `resize_to_fill` crops to the centre for a square.

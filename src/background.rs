@@ -121,7 +121,7 @@ impl BackgroundBuilder {
     /// Called outside a tokio runtime without [`runtime`](Self::runtime), the
     /// runtime is taken from the first `schedule` made inside one; a task
     /// scheduled where none is known is rejected with
-    /// [`RejectReason::NoRuntime`]. Nothing panics.
+    /// [`RejectReason::NoRuntime`](crate::RejectReason::NoRuntime). Nothing panics.
     pub fn build(self) -> Background {
         let limits = Limits {
             blocking: self

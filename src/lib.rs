@@ -1,6 +1,7 @@
 //! Per-request background tasks for axum, with precise timing control.
 //!
 //! ```
+//! use std::path::PathBuf;
 //! use std::time::Duration;
 //!
 //! use axum::{Router, routing::post, http::StatusCode};
@@ -9,17 +10,35 @@
 //! struct Welcome { email: String }
 //!
 //! impl BackgroundTask for Welcome {
-//!     type Mode = mode::Async; // on the tokio runtime: never block here
+//!     type Mode = mode::Async; // runs on the tokio runtime: never block here
 //!     async fn run(self) -> Result<(), BoxError> {
-//!         println!("welcome mail to {}", self.email);
+//!         println!("welcome mail to {}", self.email); // an HTTP call
 //!         Ok(())
 //!     }
 //! }
 //!
+//! struct Thumbnail { path: PathBuf }
+//!
+//! impl BackgroundTask for Thumbnail {
+//!     type Mode = mode::Sync; // runs on the blocking pool: blocking calls are fine here
+//!     async fn run(self) -> Result<(), BoxError> {
+//!         println!("thumbnail of {}", self.path.display()); // image crate work
+//!         Ok(())
+//!     }
+//! }
+//!
+//! async fn send_receipt(order: u64) {
+//!     println!("receipt for order {order}");
+//! }
+//!
 //! async fn register(tasks: Tasks) -> StatusCode {
-//!     tasks.schedule(Welcome { email: "ada@example.com".into() }); // now
-//!     tasks.after_route().schedule(|| println!("audit line"));      // sync: blocking pool
-//!     tasks.after_response().schedule(async { println!("metrics") }); // after the body is sent
+//!     let order = 7;
+//!     tasks.schedule(Welcome { email: "ada@example.com".into() });         // now
+//!     tasks.schedule(|| println!("audit line"));                           // a closure: sync
+//!     tasks.after_route().schedule(Thumbnail { path: "ada.png".into() }); // when the handler has returned
+//!     tasks.after_response().schedule(async { println!("metrics") });     // once the body is sent
+//!     tasks.task().name("receipt").shield(true).build()                   // may finish during shutdown
+//!         .schedule(move || send_receipt(order));                         // a closure returning a future: async
 //!     StatusCode::CREATED
 //! }
 //!
@@ -38,7 +57,11 @@
 //! # Ok::<(), BoxError>(()) };
 //! # serve.await?;
 //! let report = background.shutdown(Duration::from_secs(30)).await;
-//! println!("{} tasks cut short", report.cancelled.len() + report.overdue.len());
+//! println!(
+//!     "{} completed, {} cut short",
+//!     report.completed().count(),
+//!     report.cancelled.len() + report.overdue.len(),
+//! );
 //! # Ok(())
 //! # }
 //! ```
@@ -50,6 +73,9 @@
 //! | [`Phase::Immediate`] | `tasks.schedule(t)` | before `schedule` returns, alongside the handler |
 //! | [`Phase::AfterRoute`] | `tasks.after_route().schedule(t)` | when the handler has produced its response, before the head is sent |
 //! | [`Phase::AfterResponse`] | `tasks.after_response().schedule(t)` | when the body's last frame has been polled, or the body is dropped (client gone) |
+//!
+//! `tasks.after_route()` and `tasks.after_response()` are the short spelling
+//! of `tasks.task().phase(..).build()` (see [Task options](#task-options)).
 //!
 //! Every immediate task of a request starts before its after-route tasks, and
 //! those before its after-response tasks; within a phase, in schedule order;
@@ -66,17 +92,58 @@
 //!
 //! # Sync and async
 //!
-//! A task's mode is part of its type. [`mode::Async`] tasks (and any future
-//! passed to `schedule`) run on the tokio runtime; [`mode::Sync`] tasks (and
-//! [`BlockingTask`]s, and any closure passed to `schedule`) run on tokio's
-//! blocking pool, where blocking is fine.
+//! A task's mode is part of its type, fixed at compile time:
+//!
+//! | what is scheduled | mode | runs on |
+//! |---|---|---|
+//! | a [`BackgroundTask`] with `type Mode = mode::Async` | [`mode::Async`] | the tokio runtime: never block in it |
+//! | a future, or a closure returning one (`move \|\| send_email(to)`) | [`mode::Async`] | the tokio runtime |
+//! | a [`BackgroundTask`] with `type Mode = mode::Sync` | [`mode::Sync`] | tokio's blocking pool: it may block, and still `.await` |
+//! | a [`BlockingTask`] (a plain `fn run`: shorthand for a `mode::Sync` task) | [`mode::Sync`] | tokio's blocking pool |
+//! | any other closure, `FnOnce() + Send + 'static` | [`mode::Sync`] | tokio's blocking pool |
+//!
+//! # Task options
+//!
+//! One builder sets a task's options: [`TaskConfig::builder()`](TaskConfig::builder)
+//! for the default config (`Background::builder().default_config(..)`), and
+//! [`tasks.task()`](Tasks::task), the same builder pre-filled with its
+//! scheduler, for one task: `name`, `shield`, `on_error`, `phase`, `timeout`,
+//! `retry`, then `.build()` and `.schedule(t)`. Per-task values override the
+//! default config's field by field.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum_background::{Phase, RetryPolicy, Tasks};
+//!
+//! async fn charge(order: u64) -> Result<(), std::io::Error> {
+//!     # let _ = order;
+//!     Ok(())
+//! }
+//!
+//! async fn checkout(tasks: Tasks) {
+//!     let order = 42;
+//!     tasks
+//!         .task()
+//!         .name("charge")
+//!         .shield(true)
+//!         .phase(Phase::AfterResponse)
+//!         .timeout(Duration::from_secs(10))
+//!         .retry(RetryPolicy::attempts(3).backoff(Duration::from_millis(100)))
+//!         .build()
+//!         .schedule(move || charge(order)); // a factory: each attempt calls it again
+//! }
+//! # let _: axum::routing::MethodRouter = axum::routing::post(checkout);
+//! ```
 //!
 //! # Errors
 //!
 //! Every outcome other than success is logged with `tracing` and passed,
-//! exactly once, to the task's error handler (see [`ErrorHandler`]), or else
-//! the default config's. A panic in a task or a handler never reaches the
-//! server.
+//! exactly once, to the task's error handler, or else the default config's.
+//! `on_error` takes a sync closure `|info: &TaskInfo, error: &TaskError| ..`,
+//! an `async fn` that borrows (`async fn h(info: &TaskInfo, error: &TaskError)`)
+//! or owns (`async fn h(info: TaskInfo, error: TaskError)`), and an
+//! [`ErrorHandler`] plugin type; see [`IntoErrorHandler`](handler::IntoErrorHandler).
+//! A panic in a task or a handler never reaches the server.
 //!
 //! # Comparison with `TaskTracker`
 //!

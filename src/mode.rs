@@ -16,7 +16,7 @@ pub trait Mode: sealed::Sealed + Send + 'static {
 }
 
 /// Runs on tokio's blocking pool: blocking calls are fine, and the task may
-/// still `.await` (its future is driven with [`Handle::block_on`] there).
+/// still `.await` (its future is driven with [`Handle::block_on`](tokio::runtime::Handle::block_on) there).
 ///
 /// Named `mode::Sync` so that it does not shadow [`std::marker::Sync`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
