@@ -127,7 +127,7 @@ impl Tasks {
     }
 
     /// The phase chosen for this scheduler, if any.
-    #[cfg(feature = "durable")]
+    #[cfg(feature = "_durable")]
     pub(crate) fn phase(&self) -> Option<Phase> {
         self.phase
     }

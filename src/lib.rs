@@ -181,7 +181,9 @@
 //! |---|---|---|
 //! | `metrics` | task counters, gauges and histograms through the `metrics` facade (see [Metrics](#metrics)) | no |
 //! | `admin` | `Background::admin_router()` and the `admin` module: JSON endpoints and a live HTML page of the tasks in flight and the counters, with a cancel button per task | no |
-//! | `durable` | the `durable` module: `tasks.durable().schedule(..)` writes a task to a store (SQLite, or Postgres shared by several processes) on [apalis](https://docs.rs/apalis), run at least once by workers, surviving a crash. Needs Rust 1.94 or later (sqlx 0.9) | no |
+//! | `durable-sqlite` | the `durable` module with a SQLite store: `tasks.durable().schedule(..)` writes a task to a store on [apalis](https://docs.rs/apalis), run at least once by workers, surviving a crash. Needs Rust 1.94 or later (sqlx 0.9) | no |
+//! | `durable-postgres` | the same with a Postgres store, shared by several processes (no SQLite compiled without `durable-sqlite`) | no |
+//! | `durable` | both durable backends | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "admin")]
@@ -192,8 +194,11 @@ mod cancel;
 mod cell;
 pub mod config;
 mod context;
-#[cfg(feature = "durable")]
-#[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
+#[cfg(feature = "_durable")]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "durable-sqlite", feature = "durable-postgres")))
+)]
 pub mod durable;
 mod end;
 mod error;

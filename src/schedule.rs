@@ -57,7 +57,7 @@ where
 /// Schedules work already committed to (a job taken out of a durable
 /// store): like a rerunnable task, but admitted during shutdown and never
 /// rejected by a full `max_in_flight` (it waits).
-#[cfg(feature = "durable")]
+#[cfg(feature = "_durable")]
 pub(crate) fn committed<T, M>(shared: &Arc<Shared>, task: T, config: TaskOptions) -> TaskHandle
 where
     T: Rerunnable<M>,

@@ -2,21 +2,26 @@
 //! storage), and how they are written.
 
 use std::fmt;
+#[cfg(feature = "durable-sqlite")]
 use std::path::Path;
 use std::time::Duration;
 
 use apalis::prelude::{TaskBuilder, TaskSink};
 use apalis_core::task::task_id::TaskId as StoreTaskId;
 
+#[cfg(feature = "durable-postgres")]
 use apalis_postgres::PostgresStorage;
+#[cfg(feature = "durable-sqlite")]
 use apalis_sqlite::SqliteStorage;
 use serde::{Deserialize, Serialize};
-use sqlx::ConnectOptions;
-use sqlx::Connection;
+#[cfg(feature = "durable-postgres")]
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+#[cfg(feature = "durable-sqlite")]
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+#[cfg(feature = "durable-postgres")]
+use sqlx::{ConnectOptions, Connection};
 
 use super::{DurableError, JobId};
 
@@ -44,7 +49,9 @@ pub struct DurableStore {
 
 #[derive(Clone)]
 pub(crate) enum Backend {
+    #[cfg(feature = "durable-sqlite")]
     Sqlite(SqlitePool),
+    #[cfg(feature = "durable-postgres")]
     Postgres(PgPool),
 }
 
@@ -77,6 +84,8 @@ impl Default for Options {
 }
 
 impl DurableStore {
+    #[cfg(feature = "durable-sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "durable-sqlite")))]
     /// Opens (or creates) the SQLite database at `path` and its tables.
     ///
     /// Every connection writes in WAL mode with `synchronous = FULL`: a job
@@ -108,6 +117,8 @@ impl DurableStore {
         Self::from_sqlite_pool(pool).await
     }
 
+    #[cfg(feature = "durable-sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "durable-sqlite")))]
     /// Uses an open SQLite pool (sqlx 0.9); creates the tables if needed.
     ///
     /// apalis' table setup sets `synchronous = OFF` on the connection it runs
@@ -126,6 +137,8 @@ impl DurableStore {
         })
     }
 
+    #[cfg(feature = "durable-postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "durable-postgres")))]
     /// Connects to Postgres at `url` (`postgres://user:pass@host:port/db`)
     /// and creates the tables (in the `apalis` schema) if needed.
     ///
@@ -151,6 +164,8 @@ impl DurableStore {
         Self::from_postgres_pool(pool).await
     }
 
+    #[cfg(feature = "durable-postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "durable-postgres")))]
     /// Uses an open Postgres pool (sqlx 0.9); creates the tables if needed.
     ///
     /// # Errors
@@ -228,6 +243,8 @@ impl DurableStore {
         &self.backend
     }
 
+    #[cfg(feature = "durable-sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "durable-sqlite")))]
     pub(crate) fn sqlite_storage(&self, pool: &SqlitePool) -> SqliteStorage<Job> {
         let o = &self.options;
         SqliteStorage::new(pool).with_config(
@@ -238,6 +255,8 @@ impl DurableStore {
         )
     }
 
+    #[cfg(feature = "durable-postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "durable-postgres")))]
     pub(crate) fn postgres_storage(&self, pool: &PgPool) -> PostgresStorage<Job> {
         let o = &self.options;
         PostgresStorage::new(pool).with_config(
@@ -255,11 +274,13 @@ impl DurableStore {
             .max_attempts(self.options.max_deliveries)
             .build();
         match &self.backend {
+            #[cfg(feature = "durable-sqlite")]
             Backend::Sqlite(pool) => self
                 .sqlite_storage(pool)
                 .push_task(task)
                 .await
                 .map_err(store_error),
+            #[cfg(feature = "durable-postgres")]
             Backend::Postgres(pool) => self
                 .postgres_storage(pool)
                 .push_task(task)
@@ -276,7 +297,9 @@ fn store_error(error: impl std::error::Error + Send + Sync + 'static) -> Durable
 impl fmt::Debug for DurableStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.backend {
+            #[cfg(feature = "durable-sqlite")]
             Backend::Sqlite(_) => "sqlite",
+            #[cfg(feature = "durable-postgres")]
             Backend::Postgres(_) => "postgres",
         };
         f.debug_struct("DurableStore")

@@ -106,6 +106,7 @@ async fn run_worker(
         Ok::<(), apalis_core::error::WorkerError>(())
     };
     match store.backend() {
+        #[cfg(feature = "durable-sqlite")]
         Backend::Sqlite(pool) => {
             let storage = store
                 .sqlite_storage(pool)
@@ -117,6 +118,7 @@ async fn run_worker(
                 .run_until(signal)
                 .await?;
         }
+        #[cfg(feature = "durable-postgres")]
         Backend::Postgres(pool) => {
             let storage = store
                 .postgres_storage(pool)
