@@ -12,10 +12,10 @@ use crate::config::{TaskBuilder, TaskConfig};
 use crate::extractor::Tasks;
 use crate::handle::TaskHandle;
 use crate::hook::{IntoShutdownHook, ShutdownHooks};
-use crate::inner::Extensions;
-use crate::inner::Shared;
+use crate::inner::{Extensions, Shared};
 use crate::layer::BackgroundLayer;
 use crate::limits::{Limits, OverflowPolicy};
+use crate::options::TaskOptions;
 use crate::registry::{Stats, WaitIdleFuture};
 use crate::task::IntoBackgroundTask;
 use crate::{TaskId, TaskInfo};
@@ -187,7 +187,7 @@ impl Background {
     where
         T: IntoBackgroundTask<M>,
     {
-        self.tasks().schedule(task)
+        crate::schedule::once(&self.shared, task, None, None, TaskOptions::NONE)
     }
 
     /// Configures one task outside any request: `background.task().name("x").build().schedule(t)`.

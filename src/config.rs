@@ -277,7 +277,7 @@ impl ConfiguredTasks<OneRun> {
     where
         T: IntoBackgroundTask<M>,
     {
-        self.tasks.schedule_once(task, self.options.clone())
+        self.tasks.schedule_once(task, &self.options)
     }
 }
 
@@ -301,7 +301,7 @@ impl ConfiguredTasks<Retrying> {
     where
         T: Rerunnable<M>,
     {
-        self.tasks.schedule_rerunnable(task, self.options.clone())
+        self.tasks.schedule_rerunnable(task, &self.options)
     }
 }
 

@@ -55,6 +55,7 @@ pub(crate) enum Ending {
 pub(crate) type Report = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Ends `cell` with `outcome`, unless its end was claimed already.
+#[inline]
 pub(crate) fn end(cell: &Arc<TaskCell>, outcome: Result<(), TaskError>, how: How) -> Ending {
     let claimant = match how {
         How::Runner => Claimant::Runner,
@@ -123,7 +124,8 @@ fn take_out(cell: &TaskCell, was_started: bool) {
     if let Some(outcome) = outcome {
         registry.counters.ended(was_started, outcome);
     }
-    cell.metrics.ended(was_started, outcome, cell.started_at());
+    cell.metrics
+        .ended(was_started, outcome, || cell.started_at());
     cell.publish();
     registry.remove(cell.id);
 }

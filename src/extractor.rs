@@ -102,7 +102,7 @@ impl Tasks {
     where
         T: IntoBackgroundTask<M>,
     {
-        self.schedule_once(task, TaskOptions::default())
+        self.schedule_once(task, TaskOptions::NONE)
     }
 
     /// The same scheduler, for tasks that start when the handler has produced
@@ -142,7 +142,7 @@ impl Tasks {
     }
 
     /// Schedules a task that runs once, with per-task settings.
-    pub(crate) fn schedule_once<T, M>(&self, task: T, options: TaskOptions) -> TaskHandle
+    pub(crate) fn schedule_once<T, M>(&self, task: T, options: &TaskOptions) -> TaskHandle
     where
         T: IntoBackgroundTask<M>,
     {
@@ -150,7 +150,7 @@ impl Tasks {
     }
 
     /// Schedules a task that may run again, under `config`'s retry policy.
-    pub(crate) fn schedule_rerunnable<T, M>(&self, task: T, options: TaskOptions) -> TaskHandle
+    pub(crate) fn schedule_rerunnable<T, M>(&self, task: T, options: &TaskOptions) -> TaskHandle
     where
         T: Rerunnable<M>,
     {

@@ -214,14 +214,14 @@ impl TaskMetrics {
     }
 
     /// The task ended with `outcome`; `was_started` says whether it ran,
-    /// `started_at` since when.
+    /// `started_at` since when (read only with the feature).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn ended(
         &self,
         was_started: bool,
         outcome: Option<&Result<(), TaskError>>,
-        started_at: Option<Instant>,
+        started_at: impl FnOnce() -> Option<Instant>,
     ) {
         #[cfg(feature = "metrics")]
         {
@@ -232,7 +232,7 @@ impl TaskMetrics {
             if !was_started {
                 instruments.queued.decrement(1.0);
             }
-            if let Some(started_at) = started_at {
+            if let Some(started_at) = started_at() {
                 instruments.run[index].record(started_at.elapsed().as_secs_f64());
             }
         }

@@ -21,17 +21,68 @@ pub struct TaskOptions {
     pub(crate) retry: Option<RetryPolicy>,
 }
 
+static NONE: TaskOptions = TaskOptions {
+    name: None,
+    shield: None,
+    on_error: None,
+    phase: None,
+    timeout: None,
+    retry: None,
+};
+
+/// A task's options resolved against the default config: what admission
+/// reads.
+pub(crate) struct Resolved {
+    pub(crate) name: Option<Cow<'static, str>>,
+    pub(crate) shield: bool,
+    pub(crate) on_error: Option<SharedErrorHandler>,
+    pub(crate) phase: Phase,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryPolicy>,
+}
+
 impl TaskOptions {
-    /// `self` with every unset field taken from `base`: what `base` then
-    /// `self` applied in that order gives.
-    pub(crate) fn merged_over(self, base: &TaskOptions) -> TaskOptions {
-        TaskOptions {
-            name: self.name.or_else(|| base.name.clone()),
-            shield: self.shield.or(base.shield),
-            on_error: self.on_error.or_else(|| base.on_error.clone()),
-            phase: self.phase.or(base.phase),
-            timeout: self.timeout.or(base.timeout),
-            retry: self.retry.or(base.retry),
+    /// No option set: every one inherits (what a plain `schedule` passes).
+    pub(crate) const NONE: &TaskOptions = &NONE;
+
+    /// The one merge: an option set for the task wins over the default
+    /// config's. The name ranks: the task's, then `own` (a task type's own
+    /// name), then the default config's. The phase: the task's, then the
+    /// scheduler's (`after_route()`, ..), then the default config's, then
+    /// [`Phase::Immediate`].
+    #[inline]
+    pub(crate) fn resolve(
+        &self,
+        default: &TaskOptions,
+        own: Option<Cow<'static, str>>,
+        scheduler_phase: Option<Phase>,
+    ) -> Resolved {
+        if std::ptr::eq(self, &NONE) {
+            // Nothing set for the task (a plain `schedule`): the defaults.
+            return Resolved {
+                name: own.or_else(|| default.name.clone()),
+                shield: default.shield.unwrap_or(false),
+                on_error: default.on_error.clone(),
+                phase: scheduler_phase.or(default.phase).unwrap_or_default(),
+                timeout: default.timeout,
+                retry: default.retry,
+            };
+        }
+        Resolved {
+            name: self.name.clone().or(own).or_else(|| default.name.clone()),
+            shield: self.shield.or(default.shield).unwrap_or(false),
+            on_error: self
+                .on_error
+                .as_ref()
+                .or(default.on_error.as_ref())
+                .cloned(),
+            phase: self
+                .phase
+                .or(scheduler_phase)
+                .or(default.phase)
+                .unwrap_or_default(),
+            timeout: self.timeout.or(default.timeout),
+            retry: self.retry.or(default.retry),
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use tokio::runtime::Handle;
+
 use crate::cell::{NewTask, TaskCell};
 use crate::end::{self, How, RunnerGuard};
 use crate::error::RejectReason;
@@ -13,7 +15,7 @@ use crate::limits::Admission;
 use crate::mode::Mode;
 use crate::name::TaskName;
 use crate::options::TaskOptions;
-use crate::request::{Rejection, RequestScope};
+use crate::request::{Rejection, RequestScope, Ticket};
 use crate::run::{self, Job};
 use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
 use crate::{Phase, TaskError};
@@ -24,7 +26,7 @@ pub(crate) fn once<T, M>(
     task: T,
     scope: Option<&Arc<RequestScope>>,
     phase: Option<Phase>,
-    config: TaskOptions,
+    options: &TaskOptions,
 ) -> TaskHandle
 where
     T: IntoBackgroundTask<M>,
@@ -36,7 +38,7 @@ where
         retrying: false,
         admission: Admission::Standard,
     };
-    admit::<T::Mode, _>(shared, source, scope, phase, config)
+    admit::<T::Mode, _>(shared, source, scope, phase, options)
 }
 
 /// Schedules a task that may run again, under its config's retry policy.
@@ -45,25 +47,25 @@ pub(crate) fn rerunnable<T, M>(
     task: T,
     scope: Option<&Arc<RequestScope>>,
     phase: Option<Phase>,
-    config: TaskOptions,
+    options: &TaskOptions,
 ) -> TaskHandle
 where
     T: Rerunnable<M>,
 {
     let source = rerunnable_source(task, Admission::Standard);
-    admit::<T::Mode, _>(shared, source, scope, phase, config)
+    admit::<T::Mode, _>(shared, source, scope, phase, options)
 }
 
 /// Schedules work already committed to (a job taken out of a durable
 /// store): like a rerunnable task, but admitted during shutdown and never
 /// rejected by a full `max_in_flight` (it waits).
 #[cfg(feature = "_durable")]
-pub(crate) fn committed<T, M>(shared: &Arc<Shared>, task: T, config: TaskOptions) -> TaskHandle
+pub(crate) fn committed<T, M>(shared: &Arc<Shared>, task: T, options: &TaskOptions) -> TaskHandle
 where
     T: Rerunnable<M>,
 {
     let source = rerunnable_source(task, Admission::Committed);
-    admit::<T::Mode, _>(shared, source, None, None, config)
+    admit::<T::Mode, _>(shared, source, None, None, options)
 }
 
 /// A task on its way in: its names and its attempts.
@@ -92,37 +94,28 @@ fn rerunnable_source<T: Rerunnable<M>, M>(
 /// Registers the task, then starts it now or when its phase comes, or
 /// rejects it.
 ///
-/// `phase` is the scheduler's, if it chose one: a per-task phase wins over
-/// it, and it wins over the default config's.
+/// `phase` is the scheduler's, if it chose one (see `TaskOptions::resolve`).
 fn admit<Md: Mode, A: Attempts>(
     shared: &Arc<Shared>,
     source: TaskSource<A>,
     scope: Option<&Arc<RequestScope>>,
     phase: Option<Phase>,
-    config: TaskOptions,
+    options: &TaskOptions,
 ) -> TaskHandle {
-    let default = &shared.default_config;
-    // Names rank: per task, the task type's own, the default config's, derived.
-    let name = match config
-        .name
-        .clone()
-        .or(source.own_name)
-        .or_else(|| default.name.clone())
-    {
+    let options = options.resolve(&shared.default_config, source.own_name, phase);
+    let name = match options.name {
         Some(name) => TaskName::Given(name),
         None => TaskName::Derived(source.type_path),
     };
-    let phase = config.phase.or(phase).or(default.phase).unwrap_or_default();
-    let config = config.merged_over(default);
     let cell = Arc::new(TaskCell::new(NewTask {
         shared: Arc::clone(shared),
         id: shared.registry.next_id(),
         name,
-        phase,
+        phase: options.phase,
         mode: Md::KIND,
-        shielded: config.shield.unwrap_or(false),
+        shielded: options.shield,
         request: scope.and_then(|scope| scope.request_meta()),
-        on_error: config.on_error,
+        on_error: options.on_error,
     }));
     let handle = TaskHandle::new(Arc::clone(&cell));
     // Insert before checking `closing`: shutdown sets `closing` before it
@@ -131,58 +124,79 @@ fn admit<Md: Mode, A: Attempts>(
     shared.registry.insert(&cell);
     cell.metrics.scheduled();
     let admission = source.admission;
-    let refused = if shared.is_closing() && admission == Admission::Standard {
-        Some(RejectReason::ShuttingDown)
-    } else if shared.runtime().is_none() {
-        Some(RejectReason::NoRuntime)
-    } else {
-        None
+    let runtime = match shared.runtime() {
+        Some(_) if shared.is_closing() && admission == Admission::Standard => {
+            Err(RejectReason::ShuttingDown)
+        }
+        Some(runtime) => Ok(runtime),
+        None => Err(RejectReason::NoRuntime),
     };
-    if let Some(reason) = refused {
-        let _ = end::end(&cell, Err(TaskError::Rejected(reason)), How::Unstarted);
-        return handle;
-    }
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(reason) => {
+            let _ = end::end(&cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+            return handle;
+        }
+    };
 
     let span = task_span(&cell, scope);
-    let mut job = Job {
+    let job = Job {
         guard: RunnerGuard { cell },
         attempts: source.attempts,
-        retry: config.retry.filter(|_| source.retrying),
-        timeout: config.timeout,
+        retry: options.retry.filter(|_| source.retrying),
+        timeout: options.timeout,
         slot: None,
         blocking: None,
         ticket: None,
         span,
     };
-    let start = move |ticket| {
-        let shared = Arc::clone(&job.guard.cell.shared);
-        match shared.limits.admit(admission) {
-            Ok(slot) => job.slot = slot,
-            // Ended (user code: its error handler) once no lock is held.
-            Err(reason) => {
-                return Err(Rejection(Box::new(move || {
-                    let cell = &job.guard.cell;
-                    let _ = end::end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
-                })));
-            }
-        }
-        job.ticket = ticket;
-        if let Some(runtime) = shared.runtime() {
-            run::start::<Md, _>(runtime, job);
-        }
-        // No runtime cannot happen here (checked above); were it so,
-        // dropping `job` would end the task as cancelled.
-        Ok(())
-    };
     match scope {
-        Some(scope) => scope.at(phase, start),
+        // Started when its phase comes, in the request's order.
+        Some(scope) => {
+            let shared = Arc::clone(shared);
+            scope.at(options.phase, move |ticket| {
+                let runtime = shared.runtime();
+                start::<Md, _>(&shared, runtime, job, ticket, admission)
+            });
+        }
         None => {
-            if let Err(Rejection(report)) = start(None) {
+            if let Err(Rejection(report)) =
+                start::<Md, _>(shared, Some(runtime), job, None, admission)
+            {
                 report();
             }
         }
     }
     handle
+}
+
+/// Takes the task's limit permits and hands it to its mode; a task the
+/// limits refuse comes back, to be ended once no lock is held (its error
+/// handler is user code).
+#[inline]
+fn start<Md: Mode, A: Attempts>(
+    shared: &Shared,
+    runtime: Option<&Handle>,
+    mut job: Job<A>,
+    ticket: Option<Ticket>,
+    admission: Admission,
+) -> Result<(), Rejection> {
+    match shared.limits.admit(admission) {
+        Ok(slot) => job.slot = slot,
+        Err(reason) => {
+            return Err(Rejection(Box::new(move || {
+                let cell = &job.guard.cell;
+                let _ = end::end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+            })));
+        }
+    }
+    job.ticket = ticket;
+    if let Some(runtime) = runtime {
+        run::start::<Md, _>(runtime, job);
+    }
+    // No runtime cannot happen here (checked at admission); were it so,
+    // dropping `job` would end the task as cancelled.
+    Ok(())
 }
 
 /// The task's `background_task` span (DEBUG), following from its request's.

@@ -5,8 +5,9 @@
 //!
 //! - Who may start and end the task is the protocol of `state.rs` (with its
 //!   own invariants and a `loom` model): the task starts at most once, its
-//!   end is claimed once, and the claimant alone sets `outcome` (before
-//!   reporting) and publishes it.
+//!   end is claimed once, and the claimant alone decides the outcome (a
+//!   success in the state itself, a failure in `outcome`) before reporting,
+//!   and publishes it.
 //! - `started` is 0 until the task starts, then set once (by the runner,
 //!   after winning the start).
 //! - A cancellation request is a flag, then a wake: `cancel_requested` is
@@ -155,10 +156,15 @@ impl TaskCell {
 
     /// Claims the task's end for `claimant`; the winner's `outcome` is set
     /// before the claim can be reported. See `state.rs`.
+    #[inline]
     pub(crate) fn claim(&self, claimant: Claimant, outcome: Result<(), TaskError>) -> Claim {
-        self.state.claim(claimant, || {
-            // Only the winner of the claim gets here, once.
-            let _ = self.outcome.set(outcome);
+        let succeeded = outcome.is_ok();
+        self.state.claim(claimant, succeeded, || {
+            // Only the winner of the claim gets here, once; a success is
+            // recorded in the state.
+            if outcome.is_err() {
+                let _ = self.outcome.set(outcome);
+            }
         })
     }
 
@@ -210,7 +216,7 @@ impl TaskCell {
     /// The outcome, once the task has ended (its handler has returned).
     pub(crate) fn outcome(&self) -> Option<&Result<(), TaskError>> {
         if self.is_ended() {
-            self.outcome.get()
+            self.decided_outcome()
         } else {
             None
         }
@@ -218,6 +224,11 @@ impl TaskCell {
 
     /// The outcome as soon as it is decided (its handler may still be running).
     pub(crate) fn decided_outcome(&self) -> Option<&Result<(), TaskError>> {
+        /// What every successful task's outcome reads.
+        static SUCCESS: Result<(), TaskError> = Ok(());
+        if self.state.succeeded() {
+            return Some(&SUCCESS);
+        }
         self.outcome.get()
     }
 

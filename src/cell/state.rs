@@ -19,6 +19,8 @@
 //!   comes second and sees the other's bit: that one reports (the runner if
 //!   `DELEGATED` came first, the canceller if `GONE` did), and only it.
 //! - `ENDED` is entered once the report is done ([`TaskState::publish`]).
+//! - `SUCCEEDED` is set, with `FINISHING`, only by a claim whose outcome is a
+//!   success, and never cleared.
 
 #[cfg(axum_background_loom)]
 use loom::sync::atomic::{AtomicU8, Ordering};
@@ -34,6 +36,11 @@ const RUNNING: u8 = 1;
 const FINISHING: u8 = 2;
 /// Its outcome is published and it has left the registry.
 const ENDED: u8 = 3;
+/// The bits of `state` that hold one of the four above.
+const STAGE: u8 = 3;
+/// Set with `FINISHING` by a claim whose outcome is a success: a success
+/// needs nothing stored besides (the common case stays cheap).
+const SUCCEEDED: u8 = 4;
 
 /// `handoff`: a canceller left the report of its claim to the runner.
 const DELEGATED: u8 = 1;
@@ -98,10 +105,30 @@ impl TaskState {
     /// Claims the task's end for `claimant`. The winner's `decide` runs
     /// right after the claim, before any report can be made (it sets the
     /// outcome).
-    pub(crate) fn claim(&self, claimant: Claimant, decide: impl FnOnce()) -> Claim {
+    /// `succeeded`: the claimant's outcome is a success (recorded in the
+    /// state, so that `decide` has nothing to store).
+    #[inline]
+    pub(crate) fn claim(
+        &self,
+        claimant: Claimant,
+        succeeded: bool,
+        decide: impl FnOnce(),
+    ) -> Claim {
+        // Acquire: see `publish`. An ended task has been reported (a claim
+        // left to the runner is reported before `ENDED`): nothing is left to
+        // take. (The runner's guard, dropped after every task, stops here.)
+        let current = self.state.load(Ordering::Acquire);
+        if current & STAGE == ENDED {
+            return Claim::Lost;
+        }
+        let to = if succeeded {
+            FINISHING | SUCCEEDED
+        } else {
+            FINISHING
+        };
         let won = match claimant {
-            Claimant::CancelQueued => self.advance(|state| state == QUEUED),
-            _ => self.advance(|state| state < FINISHING),
+            Claimant::CancelQueued => self.advance(current, to, |state| state == QUEUED),
+            _ => self.advance(current, to, |state| state < FINISHING),
         };
         let Some(was_started) = won else {
             // Lost the swap: a report left to the runner may still be ours.
@@ -133,8 +160,8 @@ impl TaskState {
 
     /// Moves the state to `FINISHING` if `from` allows the current one;
     /// `Some(was_started)` if this call did it.
-    fn advance(&self, from: impl Fn(u8) -> bool) -> Option<bool> {
-        let mut current = self.state.load(Ordering::Acquire);
+    #[inline]
+    fn advance(&self, mut current: u8, to: u8, from: impl Fn(u8) -> bool) -> Option<bool> {
         loop {
             if !from(current) {
                 return None;
@@ -142,12 +169,10 @@ impl TaskState {
             // AcqRel: exactly one claimant wins (atomicity); Acquire sees the
             // runner's work before it, Release publishes the claim to the
             // runner's next load.
-            match self.state.compare_exchange(
-                current,
-                FINISHING,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .state
+                .compare_exchange(current, to, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Some(current == RUNNING),
                 Err(actual) => current = actual,
             }
@@ -178,12 +203,18 @@ impl TaskState {
         // SeqCst: a reader that sees ENDED sees everything the report did;
         // and the cell's `wake_watchers` pairs with its `notified` (a store
         // then a load on each side).
-        self.state.store(ENDED, Ordering::SeqCst);
+        self.state.fetch_or(ENDED, Ordering::SeqCst);
     }
 
     pub(crate) fn is_ended(&self) -> bool {
         // SeqCst: see `publish`.
-        self.state.load(Ordering::SeqCst) == ENDED
+        self.state.load(Ordering::SeqCst) & STAGE == ENDED
+    }
+
+    /// Whether the task's end was claimed with a success.
+    pub(crate) fn succeeded(&self) -> bool {
+        // Acquire: the bit is set by the claim's Release.
+        self.state.load(Ordering::Acquire) & SUCCEEDED != 0
     }
 
     /// The raw state, for `Debug`.
@@ -214,7 +245,9 @@ mod loom_model {
 
     impl Task {
         fn end(&self, claimant: Claimant) -> Claim {
-            let claim = self.state.claim(claimant, || {
+            // The runner's work succeeded; everyone else claims a cancellation.
+            let succeeded = claimant == Claimant::Runner;
+            let claim = self.state.claim(claimant, succeeded, || {
                 self.decided.fetch_add(1, Ordering::SeqCst);
             });
             match claim {
@@ -276,6 +309,10 @@ mod loom_model {
                 "reported once: {claims:?}"
             );
             assert!(task.state.is_ended());
+            // The outcome is the runner's success only if its own claim won.
+            let runner_won = matches!(claims.0.0, Some(Claim::Report { .. }))
+                && task.left_to_runner.load(Ordering::SeqCst) == 0;
+            assert_eq!(task.state.succeeded(), runner_won, "{claims:?}");
         });
     }
 

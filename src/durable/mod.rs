@@ -374,7 +374,7 @@ impl DurableTasks {
                 };
                 let job_id = id.clone();
                 self.tasks
-                    .schedule_once(async move { store.push(&job_id, job).await }, options);
+                    .schedule_once(async move { store.push(&job_id, job).await }, &options);
             }
         }
         Ok(id)

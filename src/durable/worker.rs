@@ -192,7 +192,7 @@ pub(crate) fn run_job<T: DurableTask>(
             args,
             _task: PhantomData,
         },
-        options,
+        &options,
     )
 }
 
