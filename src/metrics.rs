@@ -80,6 +80,7 @@ mod enabled {
         fn default() -> Self {
             static NEXT: AtomicU64 = AtomicU64::new(0);
             Instruments {
+                // Relaxed: uniqueness needs only the atomicity of the add.
                 id: NEXT.fetch_add(1, Ordering::Relaxed),
                 by_task: DashMap::default(),
             }

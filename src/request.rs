@@ -224,6 +224,7 @@ impl Ticket {
         let scope = &self.scope;
         let mut gate = scope.gate();
         gate.waiting.retain(|(n, _)| *n != self.number);
+        // Relaxed: `next` is written only under the gate's lock, held here.
         let mut next = scope.next.load(Ordering::Relaxed);
         if next != self.number {
             gate.passed_early.push(self.number);

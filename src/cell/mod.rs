@@ -133,6 +133,7 @@ impl TaskCell {
             started_at: self.started_at(),
             method: self.request.as_ref().map(|r| r.method.clone()),
             path: self.request.as_ref().map(|r| r.path.clone()),
+            // Relaxed: a count for display; nothing is published through it.
             attempts: self.attempts.load(Ordering::Relaxed),
         }
     }
@@ -147,6 +148,7 @@ impl TaskCell {
             let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX - 1);
             // SeqCst: `is_started` and `wake_watchers` (see the invariants).
             self.started.store(nanos + 1, Ordering::SeqCst);
+            // Relaxed: see `info`.
             self.attempts.fetch_add(1, Ordering::Relaxed);
             self.metrics.started(waited);
             self.wake_watchers();
@@ -177,6 +179,7 @@ impl TaskCell {
 
     /// When the task started, if it has.
     pub(crate) fn started_at(&self) -> Option<Instant> {
+        // SeqCst: see `is_started`.
         match self.started.load(Ordering::SeqCst) {
             0 => None,
             nanos => Some(self.scheduled_at + Duration::from_nanos(nanos - 1)),
@@ -202,10 +205,13 @@ impl TaskCell {
 
     /// Counts one more run of a retried task.
     pub(crate) fn next_attempt(&self) {
+        // Relaxed: see `info`.
         self.attempts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn is_started(&self) -> bool {
+        // SeqCst, paired with `notified`'s store of `watched` (a handle
+        // future creates its `Notified`, then checks this).
         self.started.load(Ordering::SeqCst) != 0
     }
 
@@ -235,6 +241,8 @@ impl TaskCell {
     /// Asks the running future to stop at its next poll, and fires the
     /// task's token if it has one.
     pub(crate) fn request_cancel(&self) {
+        // SeqCst: ordered with the token's creation by the fences below, and
+        // read with Acquire by the runner before it registers its waker.
         self.cancel_requested.store(true, Ordering::SeqCst);
         // SeqCst fence, paired with the one in `cancellation_token`: either
         // this sees the token, or the token's creator sees the flag.
@@ -249,6 +257,7 @@ impl TaskCell {
     /// was asked to stop before.
     pub(crate) fn cancellation_token(&self) -> CancellationToken {
         let token = self.token.get_or_init(CancellationToken::new).clone();
+        // SeqCst fence: see `request_cancel`.
         fence(Ordering::SeqCst);
         if self.cancel_requested.load(Ordering::SeqCst) {
             token.cancel();
@@ -257,6 +266,8 @@ impl TaskCell {
     }
 
     pub(crate) fn is_cancel_requested(&self) -> bool {
+        // Acquire, paired with `request_cancel`'s store: the runner that sees
+        // the request sees the claim made before it.
         self.cancel_requested.load(Ordering::Acquire)
     }
 

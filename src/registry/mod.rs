@@ -94,6 +94,7 @@ impl<E: Entry> Registry<E> {
 
     /// Whether `id` was handed out (ids count up from 1).
     pub(crate) fn was_issued(&self, id: TaskId) -> bool {
+        // Relaxed: an id the caller holds was handed out before it learned it.
         id.0 >= 1 && id.0 <= self.next_id.load(Ordering::Relaxed)
     }
 
@@ -119,6 +120,7 @@ impl<E: Entry> Registry<E> {
 
 impl<E> Registry<E> {
     pub(crate) fn len(&self) -> usize {
+        // Acquire: see `WaitIdleFuture::poll`.
         self.in_flight.load(Ordering::Acquire)
     }
 
@@ -164,6 +166,7 @@ impl Future for WaitIdleFuture<'_> {
 impl std::fmt::Debug for WaitIdleFuture<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WaitIdleFuture")
+            // Relaxed: for display.
             .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
             .finish()
     }
