@@ -66,6 +66,7 @@ use crate::task::{IntoBackgroundTask, Rerunnable};
 ///         .schedule(move || async { Ok::<(), std::io::Error>(()) });
 /// }
 /// ```
+#[must_use = "a config does nothing until it is given to a `Background` or a task"]
 #[derive(Clone, Default, TypedBuilder)]
 #[builder(
     doc,

@@ -37,7 +37,8 @@ impl PhaseGuard {
 
 impl Drop for PhaseGuard {
     fn drop(&mut self) {
-        // Only hands the deferred tasks to the spawner: nothing here panics.
+        // Starts the deferred tasks (a task a limit refuses is ended here, its
+        // error handler's panic caught): nothing here panics.
         self.reach_end();
     }
 }

@@ -16,6 +16,7 @@ use crate::outcome::OutcomeKind;
 /// while it is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "a snapshot of the counters does nothing by itself"]
 pub struct Stats {
     /// Every `schedule` call, rejected ones included.
     pub scheduled: u64,
