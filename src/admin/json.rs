@@ -80,16 +80,28 @@ pub(super) struct StatsBody {
 
 impl From<Stats> for StatsBody {
     fn from(stats: Stats) -> Self {
+        // Every field named: a new counter is a compile error here.
+        let Stats {
+            scheduled,
+            queued,
+            running,
+            completed,
+            failed,
+            panicked,
+            timed_out,
+            cancelled,
+            rejected,
+        } = stats;
         StatsBody {
-            scheduled: stats.scheduled,
-            queued: stats.queued,
-            running: stats.running,
-            completed: stats.completed,
-            failed: stats.failed,
-            panicked: stats.panicked,
-            timed_out: stats.timed_out,
-            cancelled: stats.cancelled,
-            rejected: stats.rejected,
+            scheduled,
+            queued,
+            running,
+            completed,
+            failed,
+            panicked,
+            timed_out,
+            cancelled,
+            rejected,
             in_flight: stats.in_flight(),
         }
     }
