@@ -127,7 +127,7 @@ impl Tasks {
     }
 
     /// The phase chosen for this scheduler, if any.
-    #[cfg(feature = "_durable")]
+    #[cfg(feature = "_plugins")]
     pub(crate) fn phase(&self) -> Option<Phase> {
         self.phase
     }

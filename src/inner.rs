@@ -128,14 +128,14 @@ pub(crate) struct Extensions(Vec<Box<dyn Extension>>);
 
 impl Extensions {
     /// The plug-in of type `E`, if there is one.
-    #[cfg_attr(not(feature = "_durable"), allow(dead_code))]
+    #[cfg_attr(not(feature = "_plugins"), allow(dead_code))]
     pub(crate) fn get<E: Extension>(&self) -> Option<&E> {
         self.0.iter().find_map(|e| e.as_any().downcast_ref())
     }
 
     /// The plug-in of type `E`, made with `Default` if there is none (while
     /// a `Background` is being built).
-    #[cfg_attr(not(feature = "_durable"), allow(dead_code))]
+    #[cfg_attr(not(feature = "_plugins"), allow(dead_code))]
     pub(crate) fn get_or_default<E: Extension + Default>(&mut self) -> &mut E {
         let at = match self.0.iter().position(|e| e.as_any().is::<E>()) {
             Some(at) => at,

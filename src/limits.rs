@@ -219,7 +219,7 @@ pub(crate) enum Admission {
     Standard,
     /// Work already committed to (taken out of a durable store): admitted
     /// during shutdown, and waits for a slot whatever the overflow policy.
-    #[cfg_attr(not(feature = "_durable"), allow(dead_code))]
+    #[cfg_attr(not(feature = "_plugins"), allow(dead_code))]
     Committed,
 }
 

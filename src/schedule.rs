@@ -59,7 +59,7 @@ where
 /// Schedules work already committed to (a job taken out of a durable
 /// store): like a rerunnable task, but admitted during shutdown and never
 /// rejected by a full `max_in_flight` (it waits).
-#[cfg(feature = "_durable")]
+#[cfg(feature = "_plugins")]
 pub(crate) fn committed<T, M>(shared: &Arc<Shared>, task: T, options: &TaskOptions) -> TaskHandle
 where
     T: Rerunnable<M>,
