@@ -13,6 +13,7 @@ use crate::extractor::Tasks;
 use crate::handle::TaskHandle;
 use crate::handler::{IntoErrorHandler, SharedErrorHandler};
 use crate::limits::RetryPolicy;
+use crate::options::Start;
 #[doc(hidden)]
 pub use crate::options::TaskOptions;
 use crate::task::{IntoBackgroundTask, Rerunnable};
@@ -35,6 +36,7 @@ use crate::task::{IntoBackgroundTask, Rerunnable};
 /// | `phase` | when the task starts (see [`Phase`]) | the scheduler's ([`after_route()`](crate::Tasks::after_route), ..), else the default config's, else [`Phase::Immediate`] |
 /// | `timeout` | how long each run may take; past it the task ends as [`TaskError::TimedOut`](crate::TaskError::TimedOut) (an async task is dropped; a sync task's cancellation fires, its thread runs on) | none |
 /// | `retry` | how a failed task is run again (see [`RetryPolicy`]) | runs once |
+/// | `delay` / `at` | starts the task later: a delay after its phase comes, or an instant; until then it is queued (listed with its due time in [`TaskInfo::due_at`](crate::TaskInfo::due_at), cancellable, holding no slot) | starts when its phase comes |
 ///
 /// `retry` is the one option that changes what can be scheduled: a per-task
 /// builder with a retry policy schedules only tasks that can run again (a
@@ -114,6 +116,23 @@ pub struct TaskConfig {
         #[allow(unreachable_pub)]
         pub fn timeout(&mut self, timeout: Duration) {
             self.options.timeout = Some(timeout);
+        }
+
+        /// Starts the task `delay` after its phase comes (`tasks.task()
+        /// .delay(Duration::from_secs(600))`: in ten minutes). Until then it
+        /// is queued: in flight, listed with its due time, cancellable, and
+        /// holding no slot of a limit.
+        #[allow(unreachable_pub)]
+        pub fn delay(&mut self, delay: Duration) {
+            self.options.start = Some(Start::After(delay));
+        }
+
+        /// Starts the task at `instant` (a [`tokio::time::Instant`], or a
+        /// [`std::time::Instant`]), or when its phase comes if that is later.
+        /// Until then, as [`delay`](Self::delay).
+        #[allow(unreachable_pub)]
+        pub fn at(&mut self, instant: impl Into<tokio::time::Instant>) {
+            self.options.start = Some(Start::At(instant.into()));
         }
     ))]
     pub(crate) options: TaskOptions,
@@ -218,6 +237,22 @@ impl TaskConfig {
     pub fn retry(&self) -> Option<RetryPolicy> {
         self.options.retry
     }
+
+    /// The delay after its phase, if set with `delay`.
+    pub fn delay(&self) -> Option<Duration> {
+        match self.options.start {
+            Some(Start::After(delay)) => Some(delay),
+            _ => None,
+        }
+    }
+
+    /// The instant it starts at, if set with `at`.
+    pub fn at(&self) -> Option<tokio::time::Instant> {
+        match self.options.start {
+            Some(Start::At(at)) => Some(at),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for TaskConfig {
@@ -230,6 +265,7 @@ impl fmt::Debug for TaskConfig {
             .field("phase", &options.phase)
             .field("timeout", &options.timeout)
             .field("retry", &options.retry)
+            .field("start", &options.start)
             .finish()
     }
 }

@@ -406,6 +406,7 @@ mod tests {
             shielded: false,
             scheduled_at: std::time::Instant::now(),
             started_at: None,
+            due_at: None,
             method: None,
             path: None,
             attempts: 0,

@@ -53,6 +53,9 @@ pub struct TaskInfo {
     pub scheduled_at: Instant,
     /// When it started running; `None` while it waits for its phase or a slot.
     pub started_at: Option<Instant>,
+    /// When a delayed task (`delay`, `at`) falls due; `None` for a task that
+    /// starts when its phase comes, and until its phase has come.
+    pub due_at: Option<Instant>,
     /// The method of the request it was scheduled from; `None` outside a request.
     pub method: Option<Method>,
     /// The path of the request it was scheduled from; `None` outside a request.

@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::Phase;
 use crate::handler::SharedErrorHandler;
 use crate::limits::RetryPolicy;
@@ -19,6 +21,26 @@ pub struct TaskOptions {
     pub(crate) phase: Option<Phase>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) start: Option<Start>,
+}
+
+/// When a delayed task falls due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// This long after its phase comes.
+    After(Duration),
+    /// At this instant (or when its phase comes, if that is later).
+    At(Instant),
+}
+
+impl Start {
+    /// The instant the task falls due, its phase having come `now`.
+    pub(crate) fn due(self, now: Instant) -> Instant {
+        match self {
+            Start::After(delay) => now + delay,
+            Start::At(at) => at.max(now),
+        }
+    }
 }
 
 static NONE: TaskOptions = TaskOptions {
@@ -28,6 +50,7 @@ static NONE: TaskOptions = TaskOptions {
     phase: None,
     timeout: None,
     retry: None,
+    start: None,
 };
 
 /// A task's options resolved against the default config: what admission
@@ -39,6 +62,7 @@ pub(crate) struct Resolved {
     pub(crate) phase: Phase,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) start: Option<Start>,
 }
 
 impl TaskOptions {
@@ -66,6 +90,7 @@ impl TaskOptions {
                 phase: scheduler_phase.or(default.phase).unwrap_or_default(),
                 timeout: default.timeout,
                 retry: default.retry,
+                start: default.start,
             };
         }
         Resolved {
@@ -83,6 +108,7 @@ impl TaskOptions {
                 .unwrap_or_default(),
             timeout: self.timeout.or(default.timeout),
             retry: self.retry.or(default.retry),
+            start: self.start.or(default.start),
         }
     }
 }

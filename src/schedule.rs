@@ -14,9 +14,9 @@ use crate::inner::Shared;
 use crate::limits::Admission;
 use crate::mode::Mode;
 use crate::name::TaskName;
-use crate::options::TaskOptions;
+use crate::options::{Start, TaskOptions};
 use crate::request::{Rejection, RequestScope, Ticket};
-use crate::run::{self, Job};
+use crate::run::{self, Extras, Job};
 use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
 use crate::{Phase, TaskError};
 
@@ -139,12 +139,23 @@ fn admit<Md: Mode, A: Attempts>(
         }
     };
 
+    let delayed = options.start;
     let span = task_span(&cell, scope);
     let job = Job {
         guard: RunnerGuard { cell },
         attempts: source.attempts,
-        retry: options.retry.filter(|_| source.retrying),
-        timeout: options.timeout,
+        extras: {
+            let retry = options.retry.filter(|_| source.retrying);
+            let bounded = retry.is_some() || options.timeout.is_some() || delayed.is_some();
+            bounded.then(|| {
+                Box::new(Extras {
+                    retry,
+                    timeout: options.timeout,
+                    due: None,
+                })
+            })
+        },
+        admission,
         slot: None,
         blocking: None,
         ticket: None,
@@ -156,12 +167,12 @@ fn admit<Md: Mode, A: Attempts>(
             let shared = Arc::clone(shared);
             scope.at(options.phase, move |ticket| {
                 let runtime = shared.runtime();
-                start::<Md, _>(&shared, runtime, job, ticket, admission)
+                start::<Md, _>(&shared, runtime, job, ticket, delayed)
             });
         }
         None => {
             if let Err(Rejection(report)) =
-                start::<Md, _>(shared, Some(runtime), job, None, admission)
+                start::<Md, _>(shared, Some(runtime), job, None, delayed)
             {
                 report();
             }
@@ -179,15 +190,22 @@ fn start<Md: Mode, A: Attempts>(
     runtime: Option<&Handle>,
     mut job: Job<A>,
     ticket: Option<Ticket>,
-    admission: Admission,
+    delayed: Option<Start>,
 ) -> Result<(), Rejection> {
-    match shared.limits.admit(admission) {
-        Ok(slot) => job.slot = slot,
-        Err(reason) => {
-            return Err(Rejection(Box::new(move || {
-                let cell = &job.guard.cell;
-                let _ = end::end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
-            })));
+    if let Some(delayed) = delayed {
+        // Its time counts from now; its limits are asked when it falls due.
+        let due = delayed.due(tokio::time::Instant::now());
+        job.guard.cell.set_due(due);
+        job.extras.get_or_insert_default().due = Some(due);
+    } else {
+        match shared.limits.admit(job.admission) {
+            Ok(slot) => job.slot = slot,
+            Err(reason) => {
+                return Err(Rejection(Box::new(move || {
+                    let cell = &job.guard.cell;
+                    let _ = end::end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+                })));
+            }
         }
     }
     job.ticket = ticket;

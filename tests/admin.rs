@@ -162,7 +162,16 @@ async fn tasks_lists_each_task_in_flight_with_its_state_and_request() {
     assert_eq!(
         keys(&welcome_json),
         BTreeSet::from([
-            "id", "name", "phase", "mode", "shielded", "state", "age_ms", "attempts", "method",
+            "id",
+            "name",
+            "phase",
+            "mode",
+            "shielded",
+            "state",
+            "age_ms",
+            "due_in_ms",
+            "attempts",
+            "method",
             "path"
         ])
     );

@@ -35,6 +35,9 @@ struct TaskEntry<'a> {
     state: &'static str,
     /// Milliseconds since `schedule`.
     age_ms: u64,
+    /// For a delayed task not yet started: milliseconds until it falls due
+    /// (0 once due); `None` (`null`) otherwise.
+    due_in_ms: Option<u64>,
     attempts: u32,
     /// `None` (`null`) outside a request, as `path`.
     method: Option<&'a str>,
@@ -56,6 +59,13 @@ impl<'a> TaskEntry<'a> {
                 "queued"
             },
             age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            due_in_ms: info
+                .due_at
+                .filter(|_| info.started_at.is_none())
+                .map(|due| {
+                    let wait = due.saturating_duration_since(now);
+                    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
+                }),
             attempts: info.attempts,
             method: info.method.as_ref().map(http::Method::as_str),
             path: info.path.as_deref(),

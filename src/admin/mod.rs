@@ -81,13 +81,14 @@
 //! ```json
 //! {"tasks": [{
 //!   "id": 7, "name": "send_welcome", "phase": "after_response", "mode": "async",
-//!   "shielded": false, "state": "running", "age_ms": 1520, "attempts": 1,
+//!   "shielded": false, "state": "running", "age_ms": 1520, "due_in_ms": null, "attempts": 1,
 //!   "method": "POST", "path": "/register"
 //! }]}
 //! ```
 //!
 //! `state` is `"queued"` (waiting for its phase or a slot) or `"running"`;
-//! `age_ms` counts from `schedule`; `method` and `path` are `null` for a task
+//! `age_ms` counts from `schedule`; `due_in_ms` is the time left before a
+//! delayed task falls due (`null` for other tasks and once it has started); `method` and `path` are `null` for a task
 //! scheduled outside a request.
 //!
 //! `GET /stats`: the [`Stats`](crate::Stats) fields by name (`scheduled`,

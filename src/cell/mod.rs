@@ -43,6 +43,19 @@ use crate::{Phase, TaskError, TaskId, TaskInfo};
 use state::TaskState;
 pub(crate) use state::{Claim, Claimant};
 
+/// In `started`: the task has not started, and the rest of the word says
+/// when it falls due.
+const DUE: u64 = 1 << 63;
+
+/// A `started` word for `after` past `scheduled_at`: its nanoseconds plus
+/// one (never 0, never reaching `DUE`).
+fn since(after: Duration) -> u64 {
+    u64::try_from(after.as_nanos())
+        .unwrap_or(u64::MAX)
+        .min(DUE - 2)
+        + 1
+}
+
 /// What the registry, the task's handle and its runner share.
 pub(crate) struct TaskCell {
     /// The `Background` the task belongs to (one reference per task: the
@@ -59,9 +72,11 @@ pub(crate) struct TaskCell {
     /// `Some` when the merged config names a handler.
     pub(crate) on_error: Option<SharedErrorHandler>,
     state: TaskState,
-    /// When the task started, as nanoseconds after `scheduled_at` plus one;
-    /// 0 until it starts. (An atomic, not a `OnceLock`: it is on every task's
-    /// path.)
+    /// When the task started, as nanoseconds after `scheduled_at` plus one.
+    /// Until it starts: 0, or for a delayed task `DUE` with when it falls
+    /// due (the same way). (An atomic, not a `OnceLock`: it is on every
+    /// task's path; one word for both: a task that is not delayed pays
+    /// nothing for the other.)
     started: AtomicU64,
     attempts: AtomicU32,
     cancel_requested: AtomicBool,
@@ -131,6 +146,7 @@ impl TaskCell {
             shielded: self.shielded,
             scheduled_at: self.scheduled_at,
             started_at: self.started_at(),
+            due_at: self.due_at(),
             method: self.request.as_ref().map(|r| r.method.clone()),
             path: self.request.as_ref().map(|r| r.path.clone()),
             // Relaxed: a count for display; nothing is published through it.
@@ -145,9 +161,8 @@ impl TaskCell {
         if won {
             counters.started();
             let waited = self.scheduled_at.elapsed();
-            let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX - 1);
             // SeqCst: `is_started` and `wake_watchers` (see the invariants).
-            self.started.store(nanos + 1, Ordering::SeqCst);
+            self.started.store(since(waited), Ordering::SeqCst);
             // Relaxed: see `info`.
             self.attempts.fetch_add(1, Ordering::Relaxed);
             self.metrics.started(waited);
@@ -177,13 +192,35 @@ impl TaskCell {
         self.wake_watchers();
     }
 
+    /// Records when a delayed task falls due (once, when its phase comes,
+    /// before its runner is spawned).
+    pub(crate) fn set_due(&self, due: tokio::time::Instant) {
+        let after = due.into_std().saturating_duration_since(self.scheduled_at);
+        // SeqCst: as every store of `started` (see `is_started`).
+        self.started.store(DUE | since(after), Ordering::SeqCst);
+    }
+
+    /// When a delayed task falls due, until it starts.
+    pub(crate) fn due_at(&self) -> Option<Instant> {
+        // SeqCst: see `is_started`.
+        match self.started.load(Ordering::SeqCst) {
+            word if word & DUE != 0 => Some(self.at(word & !DUE)),
+            _ => None,
+        }
+    }
+
     /// When the task started, if it has.
     pub(crate) fn started_at(&self) -> Option<Instant> {
         // SeqCst: see `is_started`.
         match self.started.load(Ordering::SeqCst) {
-            0 => None,
-            nanos => Some(self.scheduled_at + Duration::from_nanos(nanos - 1)),
+            word if word == 0 || word & DUE != 0 => None,
+            word => Some(self.at(word)),
         }
+    }
+
+    /// The instant a `started` word (without `DUE`) stands for.
+    fn at(&self, word: u64) -> Instant {
+        self.scheduled_at + Duration::from_nanos(word - 1)
     }
 
     /// A future woken at the task's next start or end. Create it, then check
@@ -212,7 +249,8 @@ impl TaskCell {
     pub(crate) fn is_started(&self) -> bool {
         // SeqCst, paired with `notified`'s store of `watched` (a handle
         // future creates its `Notified`, then checks this).
-        self.started.load(Ordering::SeqCst) != 0
+        let word = self.started.load(Ordering::SeqCst);
+        word != 0 && word & DUE == 0
     }
 
     pub(crate) fn is_ended(&self) -> bool {

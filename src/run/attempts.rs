@@ -39,6 +39,24 @@ impl<A: Attempts> Job<A> {
         if let Some(ticket) = &ticket {
             std::future::poll_fn(|cx| ticket.poll_turn(cx)).await;
         }
+        if let Some(due) = self.due() {
+            // A delayed task lets those behind it go on, waits for its time
+            // (cancellable), and only then asks its limits for a slot.
+            drop(ticket.take());
+            if until_cancelled(&cell, tokio::time::sleep_until(due))
+                .await
+                .is_none()
+            {
+                return self.end_unstarted();
+            }
+            match shared.limits.admit(self.admission) {
+                Ok(slot) => self.slot = slot,
+                Err(reason) => {
+                    let _ = end::end(&cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+                    return;
+                }
+            }
+        }
         let blocking = matches!(exec, Exec::Blocking(_));
         let slot_held = self.slot.as_ref().is_none_or(Permit::is_held);
         if blocking && slot_held && self.blocking.is_none() {
@@ -86,7 +104,7 @@ impl<A: Attempts> Job<A> {
             };
             let result = match &exec {
                 Exec::Inline => {
-                    let attempt = run_inline(&cell, work, self.timeout);
+                    let attempt = run_inline(&cell, work, self.timeout());
                     PassAfterFirstPoll::new(ticket.take(), attempt).await
                 }
                 Exec::Blocking(runtime) => {
@@ -101,10 +119,10 @@ impl<A: Attempts> Job<A> {
                         }
                         (None, None) => None,
                     };
-                    run_blocking(runtime, &cell, work, self.timeout, permit, ticket.take()).await
+                    run_blocking(runtime, &cell, work, self.timeout(), permit, ticket.take()).await
                 }
             };
-            match (result, self.retry) {
+            match (result, self.retry()) {
                 (Err(error), Some(policy)) if policy.retries(attempt, &error) => {
                     let delay = policy.delay(attempt);
                     tracing::warn!(

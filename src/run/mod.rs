@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
 use crate::end::RunnerGuard;
-use crate::limits::{Permit, RetryPolicy};
+use crate::limits::{Admission, Permit, RetryPolicy};
 use crate::mode::{Mode, ModeKind};
 use crate::request::Ticket;
 use crate::task::Attempts;
@@ -27,8 +28,11 @@ use crate::task::Attempts;
 pub(crate) struct Job<A> {
     pub(crate) guard: RunnerGuard,
     pub(crate) attempts: A,
-    pub(crate) retry: Option<RetryPolicy>,
-    pub(crate) timeout: Option<Duration>,
+    /// `Some` for a task with a retry policy, a timeout or a delay. Boxed:
+    /// most tasks have none, and a job is moved on its way to its runner.
+    pub(crate) extras: Option<Box<Extras>>,
+    /// How its limits treat it (asked again when a delayed task falls due).
+    pub(crate) admission: Admission,
     /// `Some` under `max_in_flight`: the task's slot, held or queued for.
     pub(crate) slot: Option<Permit>,
     /// `Some` for a sync task under `max_blocking`: its first attempt's
@@ -41,12 +45,21 @@ pub(crate) struct Job<A> {
     pub(crate) span: Span,
 }
 
+/// What a task that waits or is bounded carries.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) timeout: Option<Duration>,
+    /// `Some` for a delayed task: when it falls due. Its limits' permits are
+    /// asked for then, not before.
+    pub(crate) due: Option<Instant>,
+}
+
 impl<A> std::fmt::Debug for Job<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
             .field("task", &self.guard.cell.id)
-            .field("retry", &self.retry)
-            .field("timeout", &self.timeout)
+            .field("extras", &self.extras)
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +91,7 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
             // never holds a thread permit while it waits for a slot (the other
             // order could deadlock with a task holding a slot while it waits
             // for a thread).
-            if job.slot.as_ref().is_none_or(Permit::is_held) {
+            if job.due().is_none() && job.slot.as_ref().is_none_or(Permit::is_held) {
                 let limits = &job.guard.cell.shared.limits;
                 job.blocking = limits.blocking.as_ref().map(Permit::request);
             }
@@ -106,10 +119,21 @@ impl<A> Job<A> {
     /// Whether the task can run in one go: nothing to wait for on the runtime
     /// (a slot, a thread permit, a deadline, a backoff).
     fn is_simple(&self) -> bool {
-        self.retry.is_none()
-            && self.timeout.is_none()
+        self.extras.is_none()
             && self.slot.as_ref().is_none_or(Permit::is_held)
             && self.blocking.as_ref().is_none_or(Permit::is_held)
+    }
+
+    pub(crate) fn retry(&self) -> Option<RetryPolicy> {
+        self.extras.as_ref().and_then(|extras| extras.retry)
+    }
+
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.extras.as_ref().and_then(|extras| extras.timeout)
+    }
+
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.extras.as_ref().and_then(|extras| extras.due)
     }
 
     /// The task's span, if it is enabled (a disabled span is not worth

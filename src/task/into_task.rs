@@ -13,7 +13,7 @@ use crate::mode::{self, Mode};
 ///
 /// | form | example | mode |
 /// |---|---|---|
-/// | a [`BackgroundTask`] or [`BlockingTask`] type | `Welcome { email }` | its [`Mode`](BackgroundTask::Mode) |
+/// | a [`BackgroundTask`] or [`BlockingTask`](super::BlockingTask) type | `Welcome { email }` | its [`Mode`](BackgroundTask::Mode) |
 /// | a `Future + Send + 'static` | `send_email(to)` | [`mode::Async`] |
 /// | a closure `FnOnce() -> impl Future + Send`, `Send + 'static` | `move \|\| send_email(to)` | [`mode::Async`] |
 /// | a closure `FnOnce() + Send + 'static` | `move \|\| write_log_line(id)` | [`mode::Sync`] |

@@ -14,7 +14,7 @@ use crate::mode::{self, Mode};
 ///
 /// | form | each attempt runs |
 /// |---|---|
-/// | a `Clone` [`BackgroundTask`] or [`BlockingTask`] type | a clone |
+/// | a `Clone` [`BackgroundTask`] or [`BlockingTask`](super::BlockingTask) type | a clone |
 /// | a `Clone` future | a clone |
 /// | a `Clone` sync closure `FnOnce() + Send + 'static` | a clone |
 /// | a factory closure `Fn() -> T + Send + 'static`, where `T` is any task [`IntoBackgroundTask`] accepts | a freshly built task |
