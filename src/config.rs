@@ -36,6 +36,7 @@ use crate::task::{IntoBackgroundTask, Rerunnable};
 /// | `phase` | when the task starts (see [`Phase`]) | the scheduler's ([`after_route()`](crate::Tasks::after_route), ..), else the default config's, else [`Phase::Immediate`] |
 /// | `timeout` | how long each run may take; past it the task ends as [`TaskError::TimedOut`](crate::TaskError::TimedOut) (an async task is dropped; a sync task's cancellation fires, its thread runs on) | none |
 /// | `retry` | how a failed task is run again (see [`RetryPolicy`]) | runs once |
+/// | `unique` | a key: while a task with the same key is in flight, `schedule` returns its handle ([`TaskHandle::is_duplicate`](crate::TaskHandle::is_duplicate)) instead of starting another | every task starts |
 /// | `delay` / `at` | starts the task later: a delay after its phase comes, or an instant; until then it is queued (listed with its due time in [`TaskInfo::due_at`](crate::TaskInfo::due_at), cancellable, holding no slot) | starts when its phase comes |
 ///
 /// `retry` is the one option that changes what can be scheduled: a per-task
@@ -125,6 +126,16 @@ pub struct TaskConfig {
         #[allow(unreachable_pub)]
         pub fn delay(&mut self, delay: Duration) {
             self.options.start = Some(Start::After(delay));
+        }
+
+        /// Makes the task unique by `key`: while a task with the same key is
+        /// in flight (from `schedule` until its error handler has returned),
+        /// `schedule` returns that task's handle, with
+        /// [`is_duplicate`](crate::TaskHandle::is_duplicate) set, and drops
+        /// the task it was given unrun. `tasks.task().unique(format!("invoice:{id}"))`.
+        #[allow(unreachable_pub)]
+        pub fn unique(&mut self, key: impl Into<Cow<'static, str>>) {
+            self.options.unique = Some(key.into());
         }
 
         /// Starts the task at `instant` (a [`tokio::time::Instant`], or a
@@ -266,6 +277,7 @@ impl fmt::Debug for TaskConfig {
             .field("timeout", &options.timeout)
             .field("retry", &options.retry)
             .field("start", &options.start)
+            .field("unique", &options.unique)
             .finish()
     }
 }

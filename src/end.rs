@@ -128,6 +128,9 @@ fn take_out(cell: &TaskCell, was_started: bool) {
         .ended(was_started, outcome, || cell.started_at());
     cell.publish();
     registry.remove(cell.id);
+    if cell.unique {
+        cell.shared.unique.release(cell.id);
+    }
 }
 
 /// [`report`] from a place that cannot await (a `Drop`, a `schedule`, a

@@ -20,16 +20,39 @@ use crate::{TaskError, TaskId, TaskInfo};
 #[derive(Clone)]
 pub struct TaskHandle {
     cell: Arc<TaskCell>,
+    /// Set on the handle `schedule` returned for a unique task whose key was
+    /// held: the handle is the holder's.
+    duplicate: bool,
 }
 
 impl TaskHandle {
     pub(crate) fn new(cell: Arc<TaskCell>) -> Self {
-        TaskHandle { cell }
+        TaskHandle {
+            cell,
+            duplicate: false,
+        }
     }
 
     /// Cancels the task; see [`Background::cancel`](crate::Background::cancel).
     pub fn cancel(&self) -> CancelOutcome {
         crate::cancel::cancel(&self.cell)
+    }
+
+    /// The handle of the task that holds a unique key, returned to a
+    /// `schedule` of the same key (see `TaskConfig`'s `unique`).
+    pub(crate) fn duplicate(cell: Arc<TaskCell>) -> Self {
+        TaskHandle {
+            cell,
+            duplicate: true,
+        }
+    }
+
+    /// Whether `schedule` found a task with the same unique key in flight and
+    /// returned that task's handle instead of scheduling another (the task
+    /// given to it was dropped unrun), as its clones do. `false` for every
+    /// other handle.
+    pub fn is_duplicate(&self) -> bool {
+        self.duplicate
     }
 
     /// The task's id.
@@ -90,6 +113,7 @@ impl fmt::Debug for TaskHandle {
             .field("id", &self.cell.id)
             .field("name", &self.cell.name())
             .field("started", &self.is_started())
+            .field("duplicate", &self.duplicate)
             .field("outcome", &self.cell.outcome())
             .finish()
     }

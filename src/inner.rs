@@ -19,6 +19,7 @@ use crate::limits::Limits;
 use crate::metrics::Instruments;
 use crate::options::TaskOptions;
 use crate::registry::Registry;
+use crate::unique::UniqueKeys;
 
 /// Everything a `Background` and its clones share.
 pub(crate) struct Shared {
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     /// Plug-ins (durable tasks), told when a runtime is known and when
     /// shutdown begins, and given time to drain.
     pub(crate) extensions: Extensions,
+    /// The keys of the unique tasks in flight.
+    pub(crate) unique: UniqueKeys,
 }
 
 impl Shared {
@@ -54,6 +57,7 @@ impl Shared {
             limits,
             instruments: Instruments::default(),
             extensions,
+            unique: UniqueKeys::default(),
         }
     }
 

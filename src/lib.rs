@@ -222,6 +222,7 @@ mod run;
 mod schedule;
 pub mod shutdown;
 pub mod task;
+mod unique;
 
 pub use background::{Background, BackgroundBuilder};
 pub use cancel::CancelOutcome;

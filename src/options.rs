@@ -22,6 +22,8 @@ pub struct TaskOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) start: Option<Start>,
+    /// `Some` for a unique task: its key.
+    pub(crate) unique: Option<Cow<'static, str>>,
 }
 
 /// When a delayed task falls due.
@@ -51,6 +53,7 @@ static NONE: TaskOptions = TaskOptions {
     timeout: None,
     retry: None,
     start: None,
+    unique: None,
 };
 
 /// A task's options resolved against the default config: what admission

@@ -102,27 +102,44 @@ fn admit<Md: Mode, A: Attempts>(
     phase: Option<Phase>,
     options: &TaskOptions,
 ) -> TaskHandle {
+    // The task's own key (a default config's would make every task one).
+    let key = options.unique.clone();
     let options = options.resolve(&shared.default_config, source.own_name, phase);
     let name = match options.name {
         Some(name) => TaskName::Given(name),
         None => TaskName::Derived(source.type_path),
     };
-    let cell = Arc::new(TaskCell::new(NewTask {
+    let new_task = NewTask {
         shared: Arc::clone(shared),
         id: shared.registry.next_id(),
         name,
         phase: options.phase,
         mode: Md::KIND,
         shielded: options.shield,
+        unique: key.is_some(),
         request: scope.and_then(|scope| scope.request_meta()),
         on_error: options.on_error,
-    }));
+    };
+    let cell = match key {
+        None => register(shared, new_task),
+        Some(key) => {
+            let claimed = shared
+                .unique
+                .claim_or(key, &shared.registry, || register(shared, new_task));
+            match claimed {
+                Ok(cell) => cell,
+                Err(holder) => {
+                    tracing::debug!(
+                        task.id = %holder.id,
+                        task.name = %holder.name(),
+                        "a task with this unique key is in flight: its handle is returned"
+                    );
+                    return TaskHandle::duplicate(holder);
+                }
+            }
+        }
+    };
     let handle = TaskHandle::new(Arc::clone(&cell));
-    // Insert before checking `closing`: shutdown sets `closing` before it
-    // reads the registry, so a task either is seen by shutdown or sees
-    // `closing` here.
-    shared.registry.insert(&cell);
-    cell.metrics.scheduled();
     let admission = source.admission;
     let runtime = match shared.runtime() {
         Some(_) if shared.is_closing() && admission == Admission::Standard => {
@@ -179,6 +196,17 @@ fn admit<Md: Mode, A: Attempts>(
         }
     }
     handle
+}
+
+/// Makes the task's cell and registers it. Registered before `closing` is
+/// checked: shutdown sets `closing` before it reads the registry, so a task
+/// either is seen by shutdown or sees `closing` at its admission.
+#[inline]
+fn register(shared: &Shared, task: NewTask) -> Arc<TaskCell> {
+    let cell = Arc::new(TaskCell::new(task));
+    shared.registry.insert(&cell);
+    cell.metrics.scheduled();
+    cell
 }
 
 /// Takes the task's limit permits and hands it to its mode; a task the

@@ -66,6 +66,8 @@ pub(crate) struct TaskCell {
     pub(crate) phase: Phase,
     pub(crate) mode: ModeKind,
     pub(crate) shielded: bool,
+    /// Whether the task holds a unique key (freed when it ends).
+    pub(crate) unique: bool,
     pub(crate) scheduled_at: Instant,
     /// `Some` when the task was scheduled from a request.
     pub(crate) request: Option<Arc<RequestMeta>>,
@@ -101,6 +103,7 @@ pub(crate) struct NewTask {
     pub(crate) phase: Phase,
     pub(crate) mode: ModeKind,
     pub(crate) shielded: bool,
+    pub(crate) unique: bool,
     pub(crate) request: Option<Arc<RequestMeta>>,
     pub(crate) on_error: Option<SharedErrorHandler>,
 }
@@ -115,6 +118,7 @@ impl TaskCell {
             phase: task.phase,
             mode: task.mode,
             shielded: task.shielded,
+            unique: task.unique,
             scheduled_at: Instant::now(),
             request: task.request,
             on_error: task.on_error,

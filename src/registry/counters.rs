@@ -18,7 +18,8 @@ use crate::outcome::OutcomeKind;
 #[non_exhaustive]
 #[must_use = "a snapshot of the counters does nothing by itself"]
 pub struct Stats {
-    /// Every `schedule` call, rejected ones included.
+    /// Every `schedule` call, rejected ones included (but for a unique
+    /// task's duplicate, which is not a task: it returns the holder's handle).
     pub scheduled: u64,
     /// Waiting to start: for their phase, or for a slot.
     pub queued: u64,
