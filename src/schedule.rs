@@ -111,7 +111,6 @@ fn admit<Md: Mode, A: Attempts>(
     };
     let new_task = NewTask {
         shared: Arc::clone(shared),
-        id: shared.registry.next_id(),
         name,
         phase: options.phase,
         mode: Md::KIND,
@@ -203,7 +202,8 @@ fn admit<Md: Mode, A: Attempts>(
 /// either is seen by shutdown or sees `closing` at its admission.
 #[inline]
 fn register(shared: &Shared, task: NewTask) -> Arc<TaskCell> {
-    let cell = Arc::new(TaskCell::new(task));
+    // The id is taken here: a unique task's duplicate takes none.
+    let cell = Arc::new(TaskCell::new(task, shared.registry.next_id()));
     shared.registry.insert(&cell);
     cell.metrics.scheduled();
     cell

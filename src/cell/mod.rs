@@ -98,7 +98,6 @@ pub(crate) struct TaskCell {
 
 pub(crate) struct NewTask {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) id: TaskId,
     pub(crate) name: TaskName,
     pub(crate) phase: Phase,
     pub(crate) mode: ModeKind,
@@ -109,11 +108,11 @@ pub(crate) struct NewTask {
 }
 
 impl TaskCell {
-    pub(crate) fn new(task: NewTask) -> Self {
+    pub(crate) fn new(task: NewTask, id: TaskId) -> Self {
         let metrics = task.shared.instruments.for_task(&task.name, task.phase);
         TaskCell {
             shared: task.shared,
-            id: task.id,
+            id,
             name: task.name,
             phase: task.phase,
             mode: task.mode,
