@@ -16,6 +16,7 @@ use crate::inner::{Extensions, Shared};
 use crate::layer::BackgroundLayer;
 use crate::limits::{Limits, OverflowPolicy};
 use crate::options::TaskOptions;
+use crate::periodic::{Periodic, PeriodicInfo, Schedules};
 use crate::registry::{Stats, WaitIdleFuture};
 use crate::task::IntoBackgroundTask;
 use crate::{TaskId, TaskInfo};
@@ -62,6 +63,7 @@ pub struct BackgroundBuilder {
     overflow: OverflowPolicy,
     /// Plug-ins, set up by their own builder methods (`durable`).
     pub(crate) extensions: Extensions,
+    periodic: Vec<Periodic>,
 }
 
 impl BackgroundBuilder {
@@ -116,6 +118,13 @@ impl BackgroundBuilder {
         self
     }
 
+    /// Registers a periodic task: run every period from one period after the
+    /// `Background` has a runtime until its shutdown begins. See [`Periodic`].
+    pub fn periodic(mut self, periodic: Periodic) -> Self {
+        self.periodic.push(periodic);
+        self
+    }
+
     /// Builds the `Background`.
     ///
     /// Called outside a tokio runtime without [`runtime`](Self::runtime), the
@@ -138,6 +147,7 @@ impl BackgroundBuilder {
             self.hooks,
             limits,
             self.extensions,
+            Schedules::new(self.periodic),
         ));
         if let Some(handle) = self.runtime.or_else(|| Handle::try_current().ok()) {
             shared.set_runtime(handle);
@@ -235,6 +245,11 @@ impl Background {
     /// not from this explicit request.
     pub fn cancel(&self, id: TaskId) -> CancelOutcome {
         cancel::cancel_id(&self.shared, id)
+    }
+
+    /// The registered periodic tasks, each with its next run and its last.
+    pub fn periodic_tasks(&self) -> Vec<PeriodicInfo> {
+        self.shared.periodic.list()
     }
 
     /// Whether [`shutdown`](Background::shutdown) has begun.

@@ -18,6 +18,7 @@ use crate::hook::ShutdownHooks;
 use crate::limits::Limits;
 use crate::metrics::Instruments;
 use crate::options::TaskOptions;
+use crate::periodic::Schedules;
 use crate::registry::Registry;
 use crate::unique::UniqueKeys;
 
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) extensions: Extensions,
     /// The keys of the unique tasks in flight.
     pub(crate) unique: UniqueKeys,
+    /// The periodic tasks and their drivers.
+    pub(crate) periodic: Schedules,
 }
 
 impl Shared {
@@ -47,6 +50,7 @@ impl Shared {
         hooks: ShutdownHooks,
         limits: Limits,
         extensions: Extensions,
+        periodic: Schedules,
     ) -> Self {
         Shared {
             registry: Registry::default(),
@@ -58,6 +62,7 @@ impl Shared {
             instruments: Instruments::default(),
             extensions,
             unique: UniqueKeys::default(),
+            periodic,
         }
     }
 
@@ -78,6 +83,7 @@ impl Shared {
             handle
         });
         if first {
+            self.periodic.start(self, handle);
             self.extensions.on_runtime(self, handle);
         }
         Some(handle)

@@ -215,6 +215,7 @@ pub mod mode;
 mod name;
 mod options;
 mod outcome;
+pub mod periodic;
 mod phase;
 mod registry;
 mod request;

@@ -102,6 +102,8 @@ impl Background {
     /// the cancelled tasks cancelled, but skips the deadline and the hooks.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let shared = &self.shared;
+        // Periodic schedules stop first: none of their ticks is rejected.
+        shared.periodic.stop().await;
         shared.close();
         // Plug-ins take no new work (durable workers stop taking jobs; those
         // they hold run on, shielded).
