@@ -181,6 +181,7 @@
 //! |---|---|---|
 //! | `metrics` | task counters, gauges and histograms through the `metrics` facade (see [Metrics](#metrics)) | no |
 //! | `admin` | `Background::admin_router()` and the `admin` module: JSON endpoints and a live HTML page of the tasks in flight and the counters, with a cancel button per task | no |
+//! | `cron` | `periodic::Periodic::cron`: periodic tasks on a cron schedule, in any time zone ([cron](https://docs.rs/cron), [chrono-tz](https://docs.rs/chrono-tz)) | no |
 //! | `durable-sqlite` | the `durable` module with a SQLite store: `tasks.durable().schedule(..)` writes a task to a store on [apalis](https://docs.rs/apalis), run at least once by workers, surviving a crash. Needs Rust 1.94 or later (sqlx 0.9) | no |
 //! | `durable-postgres` | the same with a Postgres store, shared by several processes (no SQLite compiled without `durable-sqlite`) | no |
 //! | `durable` | both durable backends | no |

@@ -1,4 +1,5 @@
-//! Periodic tasks: a task run at a fixed interval, registered on the builder
+//! Periodic tasks: a task run at a fixed interval, or on a cron schedule
+//! (feature `cron`), registered on the builder
 //! ([`BackgroundBuilder::periodic`](crate::BackgroundBuilder::periodic)).
 //! Each run is an ordinary task of the `Background`; the schedule stops when
 //! shutdown begins, before new schedules are rejected, so no tick is.
@@ -21,8 +22,9 @@ use crate::name::derived_name;
 use crate::options::TaskOptions;
 use crate::task::IntoBackgroundTask;
 
-/// A task run every `period`, from one period after the `Background` has a
-/// runtime until its shutdown begins.
+/// A task run every `period` (from one period after the `Background` has a
+/// runtime), or at each time of a cron schedule (feature `cron`), until
+/// shutdown begins.
 ///
 /// ```
 /// use std::time::Duration;
@@ -46,7 +48,7 @@ use crate::task::IntoBackgroundTask;
 #[must_use = "a periodic task does nothing until it is registered with `BackgroundBuilder::periodic`"]
 pub struct Periodic {
     name: Cow<'static, str>,
-    period: Duration,
+    cadence: Cadence,
     overlap: Overlap,
     missed: MissedTicks,
     jitter: Duration,
@@ -95,9 +97,17 @@ impl Periodic {
         } else {
             period
         };
+        Periodic::new(Cadence::Every(period), make)
+    }
+
+    fn new<F, T, M>(cadence: Cadence, make: F) -> Self
+    where
+        F: Fn() -> T + Send + Sync + 'static,
+        T: IntoBackgroundTask<M>,
+    {
         Periodic {
             name: Cow::Borrowed(derived_name(T::type_path())),
-            period,
+            cadence,
             overlap: Overlap::default(),
             missed: MissedTicks::default(),
             jitter: Duration::ZERO,
@@ -106,6 +116,57 @@ impl Periodic {
                 crate::schedule::once(shared, make(), None, None, options)
             }),
         }
+    }
+
+    /// Runs the task `make` builds at each time of the cron `expression`
+    /// (seconds, minutes, hours, day of month, month, day of week, and an
+    /// optional year), in UTC unless [`time_zone`](Self::time_zone) says
+    /// otherwise.
+    ///
+    /// ```
+    /// use axum_background::periodic::Periodic;
+    ///
+    /// async fn send_digest() {}
+    ///
+    /// let nightly = Periodic::cron("0 30 2 * * *", send_digest)? // 02:30 every day
+    ///     .time_zone(chrono_tz::Europe::Paris);
+    /// # drop(nightly);
+    /// assert!(Periodic::cron("every tuesday", send_digest).is_err());
+    /// # Ok::<(), axum_background::periodic::CronError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`CronError`] when `expression` is not a cron expression.
+    #[cfg(feature = "cron")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cron")))]
+    pub fn cron<F, T, M>(expression: &str, make: F) -> Result<Self, CronError>
+    where
+        F: Fn() -> T + Send + Sync + 'static,
+        T: IntoBackgroundTask<M>,
+    {
+        let schedule = expression
+            .parse::<cron::Schedule>()
+            .map_err(|error| CronError {
+                expression: expression.to_owned(),
+                error,
+            })?;
+        let cadence = Cadence::Cron {
+            schedule: Box::new(schedule),
+            zone: chrono_tz::Tz::UTC,
+        };
+        Ok(Periodic::new(cadence, make))
+    }
+
+    /// The time zone a cron schedule is read in (UTC by default); no effect
+    /// on a fixed interval.
+    #[cfg(feature = "cron")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cron")))]
+    pub fn time_zone(mut self, zone: chrono_tz::Tz) -> Self {
+        if let Cadence::Cron { zone: own, .. } = &mut self.cadence {
+            *own = zone;
+        }
+        self
     }
 
     /// The name of the schedule and of each of its runs (by default, the
@@ -154,7 +215,7 @@ impl fmt::Debug for Periodic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Periodic")
             .field("name", &self.name)
-            .field("period", &self.period)
+            .field("cadence", &self.cadence)
             .field("overlap", &self.overlap)
             .field("missed", &self.missed)
             .field("jitter", &self.jitter)
@@ -169,8 +230,8 @@ impl fmt::Debug for Periodic {
 pub struct PeriodicInfo {
     /// The schedule's name (and its runs').
     pub name: Cow<'static, str>,
-    /// The time between two ticks.
-    pub period: Duration,
+    /// `every 300s`, or `cron 0 30 2 * * * (Europe/Paris)`.
+    pub schedule: String,
     /// When the next run is due; `None` before the `Background` has a
     /// runtime, and once the schedule has stopped.
     pub next_run: Option<std::time::Instant>,
@@ -232,14 +293,15 @@ impl Schedules {
             return;
         }
         // Anchored now, not when each driver is first polled.
-        let first = Instant::now();
+        let clock = Clock::now();
         let mut drivers = lock(&self.drivers);
         for entry in &self.entries {
-            let next = first + entry.periodic.period;
+            let next = entry.periodic.cadence.first(&clock);
             *lock(&entry.next) = Some(next);
             let driver = drive(
                 Arc::downgrade(shared),
                 Arc::clone(entry),
+                clock.clone(),
                 next,
                 self.stop.clone(),
             );
@@ -263,7 +325,7 @@ impl Schedules {
             .iter()
             .map(|entry| PeriodicInfo {
                 name: entry.periodic.name.clone(),
-                period: entry.periodic.period,
+                schedule: entry.periodic.cadence.to_string(),
                 next_run: lock(&entry.next).map(Instant::into_std),
                 last_run: lock(&entry.last).clone(),
             })
@@ -282,11 +344,11 @@ impl Drop for Schedules {
 async fn drive(
     shared: Weak<Shared>,
     entry: Arc<Entry>,
+    clock: Clock,
     mut next: Instant,
     stop: CancellationToken,
 ) {
     let periodic = &entry.periodic;
-    let period = periodic.period;
     loop {
         let at = next + jitter(periodic.jitter);
         *lock(&entry.next) = Some(at);
@@ -314,16 +376,11 @@ async fn drive(
             *lock(&entry.last) = Some(handle);
         }
         drop(shared);
-        next += period;
         let now = Instant::now();
+        next = periodic.cadence.after(&clock, next);
         if next <= now {
             next = match periodic.missed {
-                // The first tick of the grid still ahead.
-                MissedTicks::Skip => {
-                    let behind = (now - next).as_nanos() / period.as_nanos() + 1;
-                    let behind = u32::try_from(behind).unwrap_or(u32::MAX);
-                    next + period.saturating_mul(behind)
-                }
+                MissedTicks::Skip => periodic.cadence.first_after(&clock, next, now),
                 MissedTicks::RunOnceLate => now,
             };
         }
@@ -340,4 +397,137 @@ fn jitter(jitter: Duration) -> Duration {
     // Each `RandomState` is freshly keyed: enough randomness for a spread,
     // with no RNG dependency.
     Duration::from_nanos(RandomState::new().hash_one(nanos) % nanos)
+}
+
+/// When a schedule ticks.
+enum Cadence {
+    Every(Duration),
+    #[cfg(feature = "cron")]
+    Cron {
+        schedule: Box<cron::Schedule>,
+        zone: chrono_tz::Tz,
+    },
+}
+
+impl Cadence {
+    /// The first tick after the schedule starts at `clock`'s origin.
+    fn first(&self, clock: &Clock) -> Instant {
+        match self {
+            Cadence::Every(period) => clock.origin + *period,
+            #[cfg(feature = "cron")]
+            Cadence::Cron { .. } => self.after(clock, clock.origin),
+        }
+    }
+
+    /// The tick after the one at `tick`.
+    #[cfg_attr(not(feature = "cron"), allow(unused_variables))]
+    fn after(&self, clock: &Clock, tick: Instant) -> Instant {
+        match self {
+            Cadence::Every(period) => tick + *period,
+            #[cfg(feature = "cron")]
+            Cadence::Cron { schedule, zone } => {
+                let wall = clock.wall(tick).with_timezone(zone);
+                match schedule.after(&wall).next() {
+                    Some(next) => clock.instant(next.with_timezone(&chrono::Utc)),
+                    // No time left in the schedule (a year gone by): no tick
+                    // for a century.
+                    None => tick + Duration::from_secs(100 * 365 * 24 * 3600),
+                }
+            }
+        }
+    }
+
+    /// The first tick after `now`, following `tick`.
+    #[cfg_attr(not(feature = "cron"), allow(unused_variables))]
+    fn first_after(&self, clock: &Clock, tick: Instant, now: Instant) -> Instant {
+        match self {
+            Cadence::Every(period) => {
+                // On the grid of `tick`, one period apart.
+                let behind = (now - tick).as_nanos() / period.as_nanos() + 1;
+                tick + period.saturating_mul(u32::try_from(behind).unwrap_or(u32::MAX))
+            }
+            #[cfg(feature = "cron")]
+            Cadence::Cron { .. } => self.after(clock, now),
+        }
+    }
+}
+
+impl fmt::Display for Cadence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cadence::Every(period) => write!(f, "every {period:?}"),
+            #[cfg(feature = "cron")]
+            Cadence::Cron { schedule, zone } => write!(f, "cron {schedule} ({zone})"),
+        }
+    }
+}
+
+impl fmt::Debug for Cadence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The schedule's clock: tokio's (so that paused time drives it in tests),
+/// tied to the wall clock at the start for cron times.
+#[derive(Debug, Clone)]
+struct Clock {
+    origin: Instant,
+    #[cfg(feature = "cron")]
+    wall_origin: chrono::DateTime<chrono::Utc>,
+}
+
+impl Clock {
+    fn now() -> Self {
+        Clock {
+            origin: Instant::now(),
+            #[cfg(feature = "cron")]
+            wall_origin: chrono::Utc::now(),
+        }
+    }
+
+    /// The wall-clock time of `instant`.
+    #[cfg(feature = "cron")]
+    fn wall(&self, instant: Instant) -> chrono::DateTime<chrono::Utc> {
+        let since = instant.saturating_duration_since(self.origin);
+        let since = chrono::TimeDelta::from_std(since).unwrap_or(chrono::TimeDelta::MAX);
+        self.wall_origin
+            .checked_add_signed(since)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+    }
+
+    /// The instant of wall-clock time `wall` (the origin if it is before).
+    #[cfg(feature = "cron")]
+    fn instant(&self, wall: chrono::DateTime<chrono::Utc>) -> Instant {
+        let ahead = (wall - self.wall_origin).to_std().unwrap_or(Duration::ZERO);
+        self.origin + ahead
+    }
+}
+
+/// A cron expression that could not be read; from [`Periodic::cron`].
+#[cfg(feature = "cron")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cron")))]
+#[derive(Debug)]
+pub struct CronError {
+    expression: String,
+    error: cron::error::Error,
+}
+
+#[cfg(feature = "cron")]
+impl fmt::Display for CronError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not a cron expression: {:?} ({}); write six or seven fields, seconds minutes \
+             hours day-of-month month day-of-week [year], e.g. \"0 30 2 * * *\" for 02:30 every day",
+            self.expression, self.error
+        )
+    }
+}
+
+#[cfg(feature = "cron")]
+impl std::error::Error for CronError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }

@@ -61,7 +61,10 @@ async fn a_periodic_task_runs_once_a_period_from_one_period_after_start() {
         .build();
     assert_eq!(next_runs(&mut started, origin, 3).await, [10, 20, 30]);
     let info = &background.periodic_tasks()[0];
-    assert_eq!((info.name.as_ref(), info.period), ("tick", PERIOD));
+    assert_eq!(
+        (info.name.as_ref(), info.schedule.as_str()),
+        ("tick", "every 10s")
+    );
     let last = info.last_run.as_ref().expect("it ran");
     assert_eq!(
         last.info().name,
@@ -206,4 +209,51 @@ async fn shutdown_stops_the_schedule_and_rejects_no_tick() {
     tokio::time::advance(PERIOD * 3).await;
     assert!(started.try_recv().is_err(), "a run after shutdown");
     assert_eq!(background.stats().scheduled, 2);
+}
+
+#[cfg(feature = "cron")]
+mod cron {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cron_schedule_runs_at_each_of_its_times() {
+        let (runs, mut started) = mpsc::unbounded_channel();
+        let every_ten_seconds = Periodic::cron("*/10 * * * * *", move || {
+            let runs = runs.clone();
+            async move {
+                let _ = runs.send(Instant::now());
+            }
+        })
+        .expect("a cron expression")
+        .name("ten")
+        .time_zone(chrono_tz::Europe::Paris);
+        let origin = Instant::now();
+        let background = Background::builder().periodic(every_ten_seconds).build();
+        let info = &background.periodic_tasks()[0];
+        assert_eq!(info.schedule, "cron */10 * * * * * (Europe/Paris)");
+
+        let mut at = Vec::new();
+        for _ in 0..3 {
+            at.push(
+                within_the_hour("a run", started.recv())
+                    .await
+                    .expect("a run"),
+            );
+        }
+        assert!(
+            at[0] - origin <= PERIOD,
+            "first run {:?} in",
+            at[0] - origin
+        );
+        assert_eq!(at[1] - at[0], PERIOD);
+        assert_eq!(at[2] - at[1], PERIOD);
+    }
+
+    #[test]
+    fn a_bad_cron_expression_is_an_error_that_says_what_to_write() {
+        let error = Periodic::cron("every tuesday", || async {}).expect_err("not cron");
+        let message = error.to_string();
+        assert!(message.contains("every tuesday"), "{message}");
+        assert!(message.contains("0 30 2 * * *"), "{message}");
+    }
 }
