@@ -507,3 +507,42 @@ async fn every_response_is_uncached_and_the_page_cannot_be_framed() {
     .await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn periodic_lists_each_schedule_with_its_next_and_last_run() {
+    let period = std::time::Duration::from_millis(50);
+    let (ran, mut runs) = mpsc::unbounded_channel();
+    let purge = axum_background::periodic::Periodic::every(period, move || {
+        let ran = ran.clone();
+        async move {
+            let _ = ran.send(());
+        }
+    })
+    .name("purge");
+    let background = Background::builder().periodic(purge).build();
+    let app = app(&background, Router::new());
+    within("a run", runs.recv()).await.expect("it ran");
+
+    let answer = get(&app, "/admin/periodic").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let list = answer.json();
+    let schedule = &list["periodic"][0];
+    assert_eq!(schedule["name"], "purge", "{list}");
+    assert_eq!(schedule["schedule"], "every 50ms", "{list}");
+    let next = schedule["next_run_in_ms"].as_u64().expect("a next run");
+    assert!(next <= 50, "{list}");
+    assert!(schedule["last_run"]["id"].as_u64().is_some(), "{list}");
+    let state = schedule["last_run"]["state"].as_str().expect("a state");
+    assert!(
+        ["queued", "running", "completed"].contains(&state),
+        "{list}"
+    );
+
+    let _ = background.shutdown(std::time::Duration::ZERO).await;
+    let stopped = get(&app, "/admin/periodic").await.json();
+    assert_eq!(
+        stopped["periodic"][0]["next_run_in_ms"],
+        Value::Null,
+        "{stopped}"
+    );
+}

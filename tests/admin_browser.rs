@@ -179,6 +179,8 @@ async fn page_state(client: &Client) -> Value {
                 peakFailures: Number(chart.peakFailures ?? 0),
             },
             scripts: document.scripts.length,
+            periodic: [...document.querySelectorAll("#periodic tbody tr")]
+                .map((row) => [...row.cells].map((cell) => cell.textContent)),
         };
     "##;
     client
@@ -219,7 +221,17 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
 
     // An app whose one route schedules a task of every kind; each waits for
     // the test, but for the sync one queued behind `max_blocking(1)`.
-    let background = Background::builder().max_blocking(1).build();
+    // A periodic task too: its schedule is listed (an hour apart: it does not
+    // run during the test).
+    let nightly = axum_background::periodic::Periodic::every(
+        std::time::Duration::from_secs(3600),
+        || async {},
+    )
+    .name("<b>nightly</b>");
+    let background = Background::builder()
+        .max_blocking(1)
+        .periodic(nightly)
+        .build();
     let gate = CancellationToken::new();
     let (release_invoice, invoice_waits) = std::sync::mpsc::channel::<()>();
     let invoice_waits = std::sync::Arc::new(std::sync::Mutex::new(Some(invoice_waits)));
@@ -333,6 +345,18 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
     );
     assert_eq!(row(&order.invoice)["mode"], "sync");
     assert_eq!(row(&order.images)["state"], "queued");
+    // The periodic card: its name as text, never as HTML.
+    let periodic = &state["periodic"];
+    assert_eq!(periodic.as_array().map(Vec::len), Some(1), "{periodic}");
+    assert_eq!(periodic[0][0], "<b>nightly</b>", "{periodic}");
+    assert_eq!(periodic[0][1], "every 3600s", "{periodic}");
+    assert!(
+        periodic[0][2]
+            .as_str()
+            .is_some_and(|next| next.contains("min")),
+        "{periodic}"
+    );
+    assert_eq!(periodic[0][3], "none yet", "{periodic}");
     assert_eq!(row(&order.warehouse)["phase"], "after_response");
     assert!(
         state["status"].as_str().unwrap().starts_with("live"),

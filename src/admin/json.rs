@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
+use crate::periodic::PeriodicInfo;
 use crate::{Stats, TaskInfo};
 
 /// `GET /tasks`.
@@ -113,6 +114,65 @@ impl From<Stats> for StatsBody {
             cancelled,
             rejected,
             in_flight: stats.in_flight(),
+        }
+    }
+}
+
+/// `GET /periodic`.
+#[derive(Serialize)]
+pub(super) struct PeriodicList<'a> {
+    periodic: Vec<PeriodicEntry<'a>>,
+}
+
+impl<'a> PeriodicList<'a> {
+    pub(super) fn new(infos: &'a [PeriodicInfo], now: Instant) -> Self {
+        PeriodicList {
+            periodic: infos
+                .iter()
+                .map(|info| PeriodicEntry::new(info, now))
+                .collect(),
+        }
+    }
+}
+
+/// One schedule of `GET /periodic`.
+#[derive(Serialize)]
+struct PeriodicEntry<'a> {
+    name: &'a str,
+    /// `every 300s`, or `cron 0 30 2 * * * (Europe/Paris)`.
+    schedule: &'a str,
+    /// Milliseconds until the next run; `None` (`null`) once stopped.
+    next_run_in_ms: Option<u64>,
+    /// The last run: `None` (`null`) before the first.
+    last_run: Option<LastRun>,
+}
+
+/// The last run of a schedule.
+#[derive(Serialize)]
+struct LastRun {
+    id: u64,
+    /// `"queued"`, `"running"`, or how it ended (`"completed"`, `"failed"`, ..).
+    state: &'static str,
+}
+
+impl<'a> PeriodicEntry<'a> {
+    fn new(info: &'a PeriodicInfo, now: Instant) -> Self {
+        PeriodicEntry {
+            name: &info.name,
+            schedule: &info.schedule,
+            next_run_in_ms: info.next_run.map(|next| {
+                let wait = next.saturating_duration_since(now);
+                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
+            }),
+            last_run: info.last_run.as_ref().map(|last| LastRun {
+                id: last.id().as_u64(),
+                state: match last.try_outcome() {
+                    Some(Ok(())) => "completed",
+                    Some(Err(error)) => error.kind(),
+                    None if last.is_started() => "running",
+                    None => "queued",
+                },
+            }),
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 
-use super::json::{self, Cancelled, ErrorBody, StatsBody, TaskList};
+use super::json::{self, Cancelled, ErrorBody, PeriodicList, StatsBody, TaskList};
 use super::page;
 use crate::{Background, CancelOutcome, TaskId};
 
@@ -43,6 +43,7 @@ impl Background {
             .route("/", get(page::index))
             .route("/tasks", get(tasks))
             .route("/stats", get(stats))
+            .route("/periodic", get(periodic))
             .route("/tasks/{id}/cancel", post(cancel))
             .layer(map_response(admin_headers))
             .with_state(self.clone())
@@ -53,6 +54,12 @@ impl Background {
 async fn tasks(State(background): State<Background>) -> Response {
     let infos = background.in_flight();
     json::response(StatusCode::OK, &TaskList::new(&infos, Instant::now()))
+}
+
+/// `GET /periodic`: the periodic tasks, with their next run and their last.
+async fn periodic(State(background): State<Background>) -> Response {
+    let infos = background.periodic_tasks();
+    json::response(StatusCode::OK, &PeriodicList::new(&infos, Instant::now()))
 }
 
 /// `GET /stats`: the counters.
