@@ -27,6 +27,19 @@ async fn within_the_hour<F: std::future::Future>(what: &str, future: F) -> F::Ou
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
 }
 
+/// Schedules a task that does nothing, `delay` from now, and lets it reach
+/// its wait.
+async fn delayed(background: &Background, delay: Duration, shield: bool) -> TaskHandle {
+    let handle = background
+        .task()
+        .shield(shield)
+        .delay(delay)
+        .build()
+        .schedule(async {});
+    run_ready_tasks(background).await;
+    handle
+}
+
 /// Lets every task that can run now run: on a current-thread runtime a
 /// probe task scheduled now is polled after every task ready before it.
 async fn run_ready_tasks(background: &Background) {
@@ -85,12 +98,7 @@ async fn a_task_at_an_instant_starts_then() {
 #[tokio::test(start_paused = true)]
 async fn a_delayed_task_cancelled_by_id_never_starts() {
     let background = Background::new();
-    let handle = background
-        .task()
-        .delay(TEN_MINUTES)
-        .build()
-        .schedule(async {});
-    run_ready_tasks(&background).await;
+    let handle = delayed(&background, TEN_MINUTES, false).await;
 
     assert!(background.cancel(handle.id()).is_cancelled());
     let outcome = within("the task to end", handle.outcome()).await;
@@ -105,12 +113,7 @@ async fn a_delayed_task_cancelled_by_id_never_starts() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_cancels_an_unshielded_delayed_task_without_starting_it() {
     let background = Background::new();
-    let handle = background
-        .task()
-        .delay(TEN_MINUTES)
-        .build()
-        .schedule(async {});
-    run_ready_tasks(&background).await;
+    let handle = delayed(&background, TEN_MINUTES, false).await;
 
     let report = background.shutdown(Duration::from_secs(5)).await;
     assert_eq!(
@@ -128,13 +131,7 @@ async fn shutdown_cancels_an_unshielded_delayed_task_without_starting_it() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_runs_a_shielded_delayed_task_that_falls_due_within_the_grace() {
     let background = Background::new();
-    let handle = background
-        .task()
-        .shield(true)
-        .delay(Duration::from_secs(1))
-        .build()
-        .schedule(async {});
-    run_ready_tasks(&background).await;
+    let handle = delayed(&background, Duration::from_secs(1), true).await;
 
     let report = background.shutdown(Duration::from_secs(5)).await;
     assert_eq!(
@@ -149,13 +146,7 @@ async fn shutdown_runs_a_shielded_delayed_task_that_falls_due_within_the_grace()
 #[tokio::test(start_paused = true)]
 async fn shutdown_reports_a_shielded_delayed_task_due_after_the_grace_as_overdue() {
     let background = Background::new();
-    let handle = background
-        .task()
-        .shield(true)
-        .delay(TEN_MINUTES)
-        .build()
-        .schedule(async {});
-    run_ready_tasks(&background).await;
+    let handle = delayed(&background, TEN_MINUTES, true).await;
 
     let report = background.shutdown(Duration::from_secs(5)).await;
     assert_eq!(

@@ -59,19 +59,21 @@ impl<'a> TaskEntry<'a> {
             } else {
                 "queued"
             },
-            age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            age_ms: millis(age),
             due_in_ms: info
                 .due_at
                 .filter(|_| info.started_at.is_none())
-                .map(|due| {
-                    let wait = due.saturating_duration_since(now);
-                    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
-                }),
+                .map(|due| millis(due.saturating_duration_since(now))),
             attempts: info.attempts,
             method: info.method.as_ref().map(http::Method::as_str),
             path: info.path.as_deref(),
         }
     }
+}
+
+/// Whole milliseconds, saturating.
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `GET /stats`: every counter of [`Stats`], and `in_flight`.
@@ -160,10 +162,9 @@ impl<'a> PeriodicEntry<'a> {
         PeriodicEntry {
             name: &info.name,
             schedule: &info.schedule,
-            next_run_in_ms: info.next_run.map(|next| {
-                let wait = next.saturating_duration_since(now);
-                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
-            }),
+            next_run_in_ms: info
+                .next_run
+                .map(|next| millis(next.saturating_duration_since(now))),
             last_run: info.last_run.as_ref().map(|last| LastRun {
                 id: last.id().as_u64(),
                 state: match last.try_outcome() {
