@@ -61,9 +61,8 @@ pub struct BackgroundBuilder {
     max_blocking: Option<usize>,
     max_in_flight: Option<usize>,
     overflow: OverflowPolicy,
-    /// Plug-ins, set up by their own builder methods (`durable`).
+    /// Plug-ins, set up by their own builder methods (`periodic`, `durable`).
     pub(crate) extensions: Extensions,
-    periodic: Vec<Periodic>,
 }
 
 impl BackgroundBuilder {
@@ -121,7 +120,7 @@ impl BackgroundBuilder {
     /// Registers a periodic task: run every period from one period after the
     /// `Background` has a runtime until its shutdown begins. See [`Periodic`].
     pub fn periodic(mut self, periodic: Periodic) -> Self {
-        self.periodic.push(periodic);
+        self.extensions.get_or_default::<Schedules>().add(periodic);
         self
     }
 
@@ -147,7 +146,6 @@ impl BackgroundBuilder {
             self.hooks,
             limits,
             self.extensions,
-            Schedules::new(self.periodic),
         ));
         if let Some(handle) = self.runtime.or_else(|| Handle::try_current().ok()) {
             shared.set_runtime(handle);
@@ -249,7 +247,11 @@ impl Background {
 
     /// The registered periodic tasks, each with its next run and its last.
     pub fn periodic_tasks(&self) -> Vec<PeriodicInfo> {
-        self.shared.periodic.list()
+        self.shared
+            .extensions
+            .get::<Schedules>()
+            .map(Schedules::list)
+            .unwrap_or_default()
     }
 
     /// Whether [`shutdown`](Background::shutdown) has begun.

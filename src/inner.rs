@@ -1,6 +1,6 @@
 //! [`Shared`]: what a `Background`, its clones, its scopes and its tasks
-//! share, and the extension point through which plug-ins (durable tasks)
-//! hook into it without the core knowing them. Data: the flow (schedule,
+//! share, and the extension point through which plug-ins (periodic
+//! schedules, durable tasks) hook into it without the core knowing them. Data: the flow (schedule,
 //! run, end, cancel, shutdown) lives in the files named after it.
 
 use std::any::Any;
@@ -18,7 +18,6 @@ use crate::hook::ShutdownHooks;
 use crate::limits::Limits;
 use crate::metrics::Instruments;
 use crate::options::TaskOptions;
-use crate::periodic::Schedules;
 use crate::registry::Registry;
 use crate::unique::UniqueKeys;
 
@@ -40,8 +39,6 @@ pub(crate) struct Shared {
     pub(crate) extensions: Extensions,
     /// The keys of the unique tasks in flight.
     pub(crate) unique: UniqueKeys,
-    /// The periodic tasks and their drivers.
-    pub(crate) periodic: Schedules,
 }
 
 impl Shared {
@@ -50,7 +47,6 @@ impl Shared {
         hooks: ShutdownHooks,
         limits: Limits,
         extensions: Extensions,
-        periodic: Schedules,
     ) -> Self {
         Shared {
             registry: Registry::default(),
@@ -62,7 +58,6 @@ impl Shared {
             instruments: Instruments::default(),
             extensions,
             unique: UniqueKeys::default(),
-            periodic,
         }
     }
 
@@ -83,7 +78,6 @@ impl Shared {
             handle
         });
         if first {
-            self.periodic.start(self, handle);
             self.extensions.on_runtime(self, handle);
         }
         Some(handle)
@@ -119,8 +113,10 @@ pub(crate) trait Extension: Any + Send + Sync + fmt::Debug {
     /// one); called once.
     fn on_runtime(&self, shared: &Arc<Shared>, runtime: &Handle);
 
-    /// Shutdown has begun: take no new work.
-    fn on_close(&self);
+    /// Shutdown is beginning: take no new work. Awaited before new
+    /// schedules are rejected, so that work already taken (a periodic tick,
+    /// a job out of the store) is still admitted.
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 
     /// The tasks in flight have settled (or `deadline` has passed): finish
     /// what is left (write last outcomes, give back unstarted work) before
@@ -138,14 +134,12 @@ pub(crate) struct Extensions(Vec<Box<dyn Extension>>);
 
 impl Extensions {
     /// The plug-in of type `E`, if there is one.
-    #[cfg_attr(not(feature = "_plugins"), allow(dead_code))]
     pub(crate) fn get<E: Extension>(&self) -> Option<&E> {
         self.0.iter().find_map(|e| e.as_any().downcast_ref())
     }
 
     /// The plug-in of type `E`, made with `Default` if there is none (while
     /// a `Background` is being built).
-    #[cfg_attr(not(feature = "_plugins"), allow(dead_code))]
     pub(crate) fn get_or_default<E: Extension + Default>(&mut self) -> &mut E {
         let at = match self.0.iter().position(|e| e.as_any().is::<E>()) {
             Some(at) => at,
@@ -167,9 +161,9 @@ impl Extensions {
         }
     }
 
-    pub(crate) fn on_close(&self) {
+    pub(crate) async fn close(&self) {
         for extension in &self.0 {
-            extension.on_close();
+            extension.close().await;
         }
     }
 

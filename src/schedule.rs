@@ -122,9 +122,14 @@ fn admit<Md: Mode, A: Attempts>(
     let cell = match key {
         None => register(shared, new_task),
         Some(key) => {
-            let claimed = shared
-                .unique
-                .claim_or(key, &shared.registry, || register(shared, new_task));
+            let claimed = shared.unique.claim_or(
+                key,
+                |id| shared.registry.get(id),
+                || {
+                    let cell = register(shared, new_task);
+                    (cell.id, cell)
+                },
+            );
             match claimed {
                 Ok(cell) => cell,
                 Err(holder) => {

@@ -102,12 +102,11 @@ impl Background {
     /// the cancelled tasks cancelled, but skips the deadline and the hooks.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let shared = &self.shared;
-        // Periodic schedules stop first: none of their ticks is rejected.
-        shared.periodic.stop().await;
+        // Plug-ins take no new work first (periodic schedules stop, so none
+        // of their ticks is rejected; durable workers stop taking jobs, those
+        // they hold run on, shielded); then new schedules are rejected.
+        shared.extensions.close().await;
         shared.close();
-        // Plug-ins take no new work (durable workers stop taking jobs; those
-        // they hold run on, shielded).
-        shared.extensions.on_close();
         let deadline = Instant::now() + grace;
         let mut cells = shared.registry.entries();
         cells.sort_by_key(|cell| cell.id);

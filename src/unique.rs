@@ -3,11 +3,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use crate::TaskId;
-use crate::cell::TaskCell;
-use crate::registry::Registry;
 
 /// The keys of the unique tasks in flight, both ways round. Only unique
 /// tasks come here: other tasks pay nothing for it.
@@ -23,23 +21,23 @@ struct Keys {
 }
 
 impl UniqueKeys {
-    /// The task in flight that holds `key`, if any; else `make` builds the
-    /// new task, which takes the key. Under one lock: two schedules of one
-    /// key cannot both start a task.
-    pub(crate) fn claim_or(
+    /// The task in flight that holds `key` (as `in_flight` finds it by id),
+    /// if any; else `make` registers the new task, which takes the key.
+    /// Under one lock: two schedules of one key cannot both start a task.
+    pub(crate) fn claim_or<T>(
         &self,
         key: Cow<'static, str>,
-        registry: &Registry<TaskCell>,
-        make: impl FnOnce() -> Arc<TaskCell>,
-    ) -> Result<Arc<TaskCell>, Arc<TaskCell>> {
+        in_flight: impl FnOnce(TaskId) -> Option<T>,
+        make: impl FnOnce() -> (TaskId, T),
+    ) -> Result<T, T> {
         let mut keys = self.lock();
-        if let Some(holder) = keys.by_key.get(&key).and_then(|id| registry.get(*id)) {
+        if let Some(holder) = keys.by_key.get(&key).and_then(|id| in_flight(*id)) {
             return Err(holder);
         }
-        let cell = make();
-        keys.by_task.insert(cell.id, key.clone());
-        keys.by_key.insert(key, cell.id);
-        Ok(cell)
+        let (id, task) = make();
+        keys.by_task.insert(id, key.clone());
+        keys.by_key.insert(key, id);
+        Ok(task)
     }
 
     /// Frees the key of a unique task that has ended.

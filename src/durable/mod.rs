@@ -243,8 +243,9 @@ impl Extension for Durable {
         }
     }
 
-    fn on_close(&self) {
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         self.workers.stop();
+        Box::pin(std::future::ready(()))
     }
 
     fn drain(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
