@@ -1,6 +1,8 @@
 //! [`Background`]: the runtime that owns the registry, the default config and
 //! the tokio handle.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use tokio::sync::Semaphore;
 use crate::cancel::{self, CancelOutcome};
 use crate::config::{TaskBuilder, TaskConfig};
 use crate::extractor::Tasks;
+use crate::flow::{Flow, FlowLimit};
 use crate::handle::TaskHandle;
 use crate::hook::{IntoShutdownHook, ShutdownHooks};
 use crate::inner::{Extensions, Shared};
@@ -63,6 +66,7 @@ pub struct BackgroundBuilder {
     overflow: OverflowPolicy,
     /// Plug-ins, set up by their own builder methods (`periodic`, `durable`).
     pub(crate) extensions: Extensions,
+    flows: HashMap<Cow<'static, str>, FlowLimit>,
 }
 
 impl BackgroundBuilder {
@@ -117,6 +121,15 @@ impl BackgroundBuilder {
         self
     }
 
+    /// Limits the tasks of the flow `key`: those named `key`, and those
+    /// given `flow(key)`. A task waiting for its flow is queued (counted and
+    /// listed as such), never failed. Registering `key` again replaces its
+    /// limit.
+    pub fn flow(mut self, key: impl Into<Cow<'static, str>>, limit: FlowLimit) -> Self {
+        self.flows.insert(key.into(), limit);
+        self
+    }
+
     /// Registers a periodic task: run every period from one period after the
     /// `Background` has a runtime until its shutdown begins. See [`Periodic`].
     pub fn periodic(mut self, periodic: Periodic) -> Self {
@@ -146,6 +159,10 @@ impl BackgroundBuilder {
             self.hooks,
             limits,
             self.extensions,
+            self.flows
+                .into_iter()
+                .map(|(key, limit)| (key, Arc::new(Flow::new(limit))))
+                .collect(),
         ));
         if let Some(handle) = self.runtime.or_else(|| Handle::try_current().ok()) {
             shared.set_runtime(handle);

@@ -36,6 +36,7 @@ use crate::task::{IntoBackgroundTask, Rerunnable};
 /// | `phase` | when the task starts (see [`Phase`]) | the scheduler's ([`after_route()`](crate::Tasks::after_route), ..), else the default config's, else [`Phase::Immediate`] |
 /// | `timeout` | how long each run may take; past it the task ends as [`TaskError::TimedOut`](crate::TaskError::TimedOut) (an async task is dropped; a sync task's cancellation fires, its thread runs on) | none |
 /// | `retry` | how a failed task is run again (see [`RetryPolicy`]) | runs once |
+/// | `flow` | the flow the task belongs to (see [`FlowLimit`](crate::FlowLimit)) | the flow named like the task, if any |
 /// | `unique` | a key: while a task with the same key is in flight, `schedule` returns its handle ([`TaskHandle::is_duplicate`](crate::TaskHandle::is_duplicate)) instead of starting another | every task starts |
 /// | `delay` / `at` | starts the task later: a delay after its phase comes, or an instant; until then it is queued (listed with its due time in [`TaskInfo::due_at`](crate::TaskInfo::due_at), cancellable, holding no slot) | starts when its phase comes |
 ///
@@ -126,6 +127,14 @@ pub struct TaskConfig {
         #[allow(unreachable_pub)]
         pub fn delay(&mut self, delay: Duration) {
             self.options.start = Some(Start::After(delay));
+        }
+
+        /// Puts the task in the flow registered under `key` (see
+        /// [`FlowLimit`](crate::FlowLimit)); without it, a task is in the flow
+        /// named like it, if there is one.
+        #[allow(unreachable_pub)]
+        pub fn flow(&mut self, key: impl Into<Cow<'static, str>>) {
+            self.options.flow = Some(key.into());
         }
 
         /// Makes the task unique by `key`: while a task with the same key is

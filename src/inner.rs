@@ -4,6 +4,8 @@
 //! run, end, cancel, shutdown) lives in the files named after it.
 
 use std::any::Any;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +16,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::cell::TaskCell;
+use crate::flow::Flow;
 use crate::hook::ShutdownHooks;
 use crate::limits::Limits;
 use crate::metrics::Instruments;
@@ -39,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) extensions: Extensions,
     /// The keys of the unique tasks in flight.
     pub(crate) unique: UniqueKeys,
+    /// The flows, by name or key.
+    pub(crate) flows: HashMap<Cow<'static, str>, Arc<Flow>>,
 }
 
 impl Shared {
@@ -47,6 +52,7 @@ impl Shared {
         hooks: ShutdownHooks,
         limits: Limits,
         extensions: Extensions,
+        flows: HashMap<Cow<'static, str>, Arc<Flow>>,
     ) -> Self {
         Shared {
             registry: Registry::default(),
@@ -58,6 +64,7 @@ impl Shared {
             instruments: Instruments::default(),
             extensions,
             unique: UniqueKeys::default(),
+            flows,
         }
     }
 

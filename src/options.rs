@@ -22,6 +22,8 @@ pub struct TaskOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) start: Option<Start>,
+    /// `Some` when the task names its flow (else its name does).
+    pub(crate) flow: Option<Cow<'static, str>>,
     /// `Some` for a unique task: its key.
     pub(crate) unique: Option<Cow<'static, str>>,
 }
@@ -53,6 +55,7 @@ static NONE: TaskOptions = TaskOptions {
     timeout: None,
     retry: None,
     start: None,
+    flow: None,
     unique: None,
 };
 

@@ -102,8 +102,10 @@ fn admit<Md: Mode, A: Attempts>(
     phase: Option<Phase>,
     options: &TaskOptions,
 ) -> TaskHandle {
-    // The task's own key (a default config's would make every task one).
+    // The task's own key (a default config's would make every task one),
+    // and its own flow.
     let key = options.unique.clone();
+    let flow_key = options.flow.clone();
     let options = options.resolve(&shared.default_config, source.own_name, phase);
     let name = match options.name {
         Some(name) => TaskName::Given(name),
@@ -161,18 +163,28 @@ fn admit<Md: Mode, A: Attempts>(
     };
 
     let delayed = options.start;
+    // Only looked up when flows are registered: other services pay nothing.
+    let flow = if shared.flows.is_empty() {
+        None
+    } else {
+        let name = cell.name();
+        let key = flow_key.as_deref().unwrap_or(&name);
+        shared.flows.get(key).cloned()
+    };
     let span = task_span(&cell, scope);
     let job = Job {
         guard: RunnerGuard { cell },
         attempts: source.attempts,
         extras: {
             let retry = options.retry.filter(|_| source.retrying);
-            let bounded = retry.is_some() || options.timeout.is_some() || delayed.is_some();
+            let bounded =
+                retry.is_some() || options.timeout.is_some() || delayed.is_some() || flow.is_some();
             bounded.then(|| {
                 Box::new(Extras {
                     retry,
                     timeout: options.timeout,
                     due: None,
+                    flow,
                 })
             })
         },
@@ -230,7 +242,8 @@ fn start<Md: Mode, A: Attempts>(
         let due = delayed.due(tokio::time::Instant::now());
         job.guard.cell.set_due(due);
         job.extras.get_or_insert_default().due = Some(due);
-    } else {
+    } else if job.flow().is_none() {
+        // A task of a flow asks its limits once its flow lets it go.
         match shared.limits.admit(job.admission) {
             Ok(slot) => job.slot = slot,
             Err(reason) => {

@@ -39,16 +39,30 @@ impl<A: Attempts> Job<A> {
         if let Some(ticket) = &ticket {
             std::future::poll_fn(|cx| ticket.poll_turn(cx)).await;
         }
-        if let Some(due) = self.due() {
-            // A delayed task lets those behind it go on, waits for its time
-            // (cancellable), and only then asks its limits for a slot.
+        // A delayed task, or a task of a flow, lets those behind it go on,
+        // waits (cancellable) for its time and its flow, and only then asks
+        // its limits for a slot.
+        let deferred = self.due().is_some() || self.flow().is_some();
+        if deferred {
             drop(ticket.take());
+        }
+        if let Some(due) = self.due() {
             if until_cancelled(&cell, tokio::time::sleep_until(due))
                 .await
                 .is_none()
             {
                 return self.end_unstarted();
             }
+        }
+        // Held until the task has been reported.
+        let mut _flow = None;
+        if let Some(flow) = self.flow().cloned() {
+            match until_cancelled(&cell, flow.enter()).await {
+                Some(permit) => _flow = Some(permit),
+                None => return self.end_unstarted(),
+            }
+        }
+        if deferred {
             match shared.limits.admit(self.admission) {
                 Ok(slot) => self.slot = slot,
                 Err(reason) => {

@@ -11,6 +11,7 @@ mod attempts;
 mod simple;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
 use crate::end::RunnerGuard;
+use crate::flow::Flow;
 use crate::limits::{Admission, Permit, RetryPolicy};
 use crate::mode::{Mode, ModeKind};
 use crate::request::Ticket;
@@ -53,6 +55,9 @@ pub(crate) struct Extras {
     /// `Some` for a delayed task: when it falls due. Its limits' permits are
     /// asked for then, not before.
     pub(crate) due: Option<Instant>,
+    /// `Some` for a task of a flow: it waits for its flow, then asks its
+    /// limits for their permits.
+    pub(crate) flow: Option<Arc<Flow>>,
 }
 
 impl<A> std::fmt::Debug for Job<A> {
@@ -91,7 +96,8 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
             // never holds a thread permit while it waits for a slot (the other
             // order could deadlock with a task holding a slot while it waits
             // for a thread).
-            if job.due().is_none() && job.slot.as_ref().is_none_or(Permit::is_held) {
+            let deferred = job.due().is_some() || job.flow().is_some();
+            if !deferred && job.slot.as_ref().is_none_or(Permit::is_held) {
                 let limits = &job.guard.cell.shared.limits;
                 job.blocking = limits.blocking.as_ref().map(Permit::request);
             }
@@ -134,6 +140,10 @@ impl<A> Job<A> {
 
     pub(crate) fn due(&self) -> Option<Instant> {
         self.extras.as_ref().and_then(|extras| extras.due)
+    }
+
+    pub(crate) fn flow(&self) -> Option<&Arc<Flow>> {
+        self.extras.as_ref().and_then(|extras| extras.flow.as_ref())
     }
 
     /// The task's span, if it is enabled (a disabled span is not worth
