@@ -9,6 +9,8 @@
 # prints (Ir(100k) - Ir(20k)) / 80,000, counting only what runs inside the
 # runtime's `block_on` (start-up, the runtime's build and the recorder's
 # install are left out), for: bare tokio::spawn; the crate without features;
+# then, from examples/cost_probe_options.rs, a plain task against a delayed,
+# a unique and a flow-controlled one (one binary, so that they compare);
 # the crate with `metrics` and no recorder; the crate with `metrics` and
 # metrics-exporter-prometheus installed.
 set -euo pipefail
@@ -59,4 +61,20 @@ crate off crate none
 crate+metrics,no-recorder metrics crate none
 crate+metrics,prometheus metrics crate prometheus
 RUNS
+# The options, each against a plain task of the same binary.
+cargo build --quiet --release --example cost_probe_options
+cp "$target/release/examples/cost_probe_options" "$out/options"
+options() { # variant N -> instructions inside block_on
+    local file="$out/options.$1.$2.callgrind"
+    valgrind --tool=callgrind --callgrind-out-file="$file" "$out/options" "$1" "$2" >/dev/null 2>&1
+    callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$file" |
+        awk '!found && /Runtime::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
+}
+plain=""
+for variant in plain delayed unique flow rate; do
+    per_task="$(( ($(options "$variant" 100000) - $(options "$variant" 20000)) / 80000 ))"
+    [ "$variant" = plain ] && plain="$per_task"
+    printf '%-44s %12s %12s\n' "options: $variant" "$per_task" \
+        "$(awk -v a="$per_task" -v b="$plain" 'BEGIN { printf "%.3fx", a / b }')"
+done
 echo "command: bench/callgrind.sh (valgrind --tool=callgrind, inside block_on, (N=100k - N=20k) / 80k)"
