@@ -148,12 +148,8 @@ impl RetryPolicy {
         if !self.jitter || nominal.is_zero() {
             return nominal;
         }
-        // Each `RandomState` is freshly keyed: a cheap source of jitter that
-        // needs no RNG dependency.
-        let random = RandomState::new().hash_one(attempt);
         let half = nominal / 2;
-        let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(if spread == 0 { 0 } else { random % spread })
+        half + random_below(half)
     }
 
     /// Whether an attempt that ended with `error` as the `attempt`-th run is
@@ -170,6 +166,17 @@ impl RetryPolicy {
             }
             && self.retry_if.is_none_or(|retry| retry(error))
     }
+}
+
+/// A random time below `bound` (zero for a zero bound): the spread of retry
+/// backoffs and periodic jitter. Each `RandomState` is freshly keyed: a cheap
+/// source of randomness that needs no RNG dependency.
+pub(crate) fn random_below(bound: Duration) -> Duration {
+    let nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(RandomState::new().hash_one(nanos) % nanos)
 }
 
 /// A permit from a limit's semaphore: held, or queued for (in schedule order).

@@ -4,10 +4,8 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -18,6 +16,7 @@ use super::cadence::Clock;
 use super::{MissedTicks, Overlap, Periodic, PeriodicInfo};
 use crate::handle::TaskHandle;
 use crate::inner::{Extension, Shared};
+use crate::limits::random_below;
 use crate::options::TaskOptions;
 
 /// The schedules of a `Background` and their drivers.
@@ -149,7 +148,7 @@ async fn drive(
 ) {
     let periodic = &entry.periodic;
     loop {
-        let at = next + jitter(periodic.jitter);
+        let at = next + random_below(periodic.jitter);
         *lock(&entry.next) = Some(at);
         tokio::select! {
             () = stop.cancelled() => break,
@@ -185,15 +184,4 @@ async fn drive(
         }
     }
     *lock(&entry.next) = None;
-}
-
-/// A random time below `jitter` (zero without it).
-fn jitter(jitter: Duration) -> Duration {
-    let nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    // Each `RandomState` is freshly keyed: enough randomness for a spread,
-    // with no RNG dependency.
-    Duration::from_nanos(RandomState::new().hash_one(nanos) % nanos)
 }

@@ -42,7 +42,7 @@ impl<A: Attempts> Job<A> {
         // A delayed task, or a task of a flow, lets those behind it go on,
         // waits (cancellable) for its time and its flow, and only then asks
         // its limits for a slot.
-        let deferred = self.due().is_some() || self.flow().is_some();
+        let deferred = self.defers_limits();
         if deferred {
             drop(ticket.take());
         }

@@ -96,8 +96,7 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
             // never holds a thread permit while it waits for a slot (the other
             // order could deadlock with a task holding a slot while it waits
             // for a thread).
-            let deferred = job.due().is_some() || job.flow().is_some();
-            if !deferred && job.slot.as_ref().is_none_or(Permit::is_held) {
+            if !job.defers_limits() && job.slot.as_ref().is_none_or(Permit::is_held) {
                 let limits = &job.guard.cell.shared.limits;
                 job.blocking = limits.blocking.as_ref().map(Permit::request);
             }
@@ -140,6 +139,13 @@ impl<A> Job<A> {
 
     pub(crate) fn due(&self) -> Option<Instant> {
         self.extras.as_ref().and_then(|extras| extras.due)
+    }
+
+    /// Whether the task asks its limits for permits only once it may start
+    /// (a delayed task once due, a task of a flow once its flow lets it go),
+    /// so that it holds no slot while it waits.
+    pub(crate) fn defers_limits(&self) -> bool {
+        self.due().is_some() || self.flow().is_some()
     }
 
     pub(crate) fn flow(&self) -> Option<&Arc<Flow>> {
