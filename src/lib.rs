@@ -225,6 +225,7 @@ mod run;
 mod schedule;
 pub mod shutdown;
 pub mod task;
+pub mod testing;
 mod unique;
 
 pub use background::{Background, BackgroundBuilder};
