@@ -1,40 +1,46 @@
 //! Durable tasks on Postgres, with the web and the workers in separate
-//! processes (feature `durable`).
+//! processes (feature `durable-postgres`).
 //!
 //! The database is `AXUM_BACKGROUND_PG_URL`, or else `DATABASE_URL`
-//! (`postgres://user:password@host:port/database`); the tables are created
-//! on first use, in the `apalis` schema. Then, each in its own terminal:
+//! (`postgres://user:password@host:port/database`; `.ci/postgres.sh` starts
+//! a throwaway one and prints its URL). The job tables (`river_job` and its
+//! companions) are created on first use, in the connection's search path,
+//! beside this example's own `example_orders`. Then, each in its own
+//! terminal:
 //!
 //! ```sh
-//! cargo run --features durable --example durable_worker -- web     # HTTP on $PORT (3000): only schedules
-//! cargo run --features durable --example durable_worker -- worker  # runs jobs until Ctrl-C; start several
-//! curl -X POST localhost:3000/orders -H 'content-type: application/json' \
-//!      -d '{"id": 1, "email": "ada@example.com"}'
+//! cargo run --features durable-postgres --example durable_worker -- web     # HTTP on $PORT (3000): only schedules
+//! cargo run --features durable-postgres --example durable_worker -- worker  # runs jobs until Ctrl-C; start several
+//! curl -X POST localhost:3000/orders -H 'content-type: application/json' -d '{"email": "ada@example.com"}'
 //! ```
 //!
-//! Each invoice is sent by one of the workers, whichever takes it first.
-//! Stop a worker while it sends one: that invoice is sent before it exits.
-//! Kill one instead (`kill -9`): another worker takes the jobs it held once
-//! its heartbeat has lapsed, 10 s × 3 missed beats by default.
+//! `POST /orders` writes the order row and its invoice job in one
+//! transaction: both are kept, or neither. Each invoice is sent by one of the
+//! workers, whichever takes it first. Stop a worker while it sends one: that
+//! invoice is sent before it exits. Kill one instead (`kill -9`): the
+//! processes elect a leader, which puts the jobs the dead one held back on
+//! the queue once their timeout (30 s for invoices here, 5 minutes unless
+//! set) and a 5 s margin have passed, checked every 5 s (plus 12 s if the
+//! dead process was the leader); another worker then runs them.
 //!
-//! `-- demo [N]` tries it all in one process: it stores N invoices (default
-//! 20) on a queue of its own, runs workers until every one has been sent,
-//! and exits.
+//! `-- demo [N]` tries it all in one process: it commits N orders (default
+//! 20) and their invoice jobs in one transaction, on a queue of its own, runs
+//! workers until the queue is drained, checks that every job completed, and
+//! exits.
 
-use std::collections::HashSet;
 use std::io::IsTerminal;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use axum_background::durable::{DurableError, DurableStore, DurableTask};
+use axum_background::durable::{DurableError, DurableStore, DurableTask, JobState};
 use axum_background::{
     Background, BackgroundTask, BlockingTask, BoxError, RetryPolicy, ShutdownEntry, ShutdownReport,
     TaskConfig, TaskError, TaskInfo, Tasks, mode, shutdown_signal,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use sqlx::PgPool;
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
@@ -42,7 +48,7 @@ use tracing_subscriber::prelude::*;
 /// Sends an order's invoice: async, on the runtime.
 #[derive(Serialize, Deserialize)]
 struct SendInvoice {
-    order: u64,
+    order: i64,
     email: String,
 }
 
@@ -54,9 +60,6 @@ impl BackgroundTask for SendInvoice {
         tokio::time::sleep(Duration::from_millis(200)).await; // the mail server
         let (pid, order, email) = (std::process::id(), self.order, &self.email);
         println!("[pid {pid}] invoice for order {order} sent to {email}");
-        SENT.send_modify(|sent| {
-            sent.insert(self.order);
-        });
         Ok(())
     }
 }
@@ -68,7 +71,7 @@ impl DurableTask for SendInvoice {
 /// Adds an order to the ledger: sync, on the blocking pool.
 #[derive(Serialize, Deserialize)]
 struct ExportToLedger {
-    order: u64,
+    order: i64,
 }
 
 impl BlockingTask for ExportToLedger {
@@ -84,14 +87,13 @@ impl DurableTask for ExportToLedger {
     const NAME: &'static str = "export_to_ledger";
 }
 
-/// The orders whose invoice this process has sent: what `demo` waits on.
-static SENT: LazyLock<watch::Sender<HashSet<u64>>> =
-    LazyLock::new(|| watch::Sender::new(HashSet::new()));
-
-/// Every role registers the same types, with the same settings: a worker
-/// rebuilds each job from its stored name and runs it with these.
+/// Every process on the database registers every type, with the same
+/// settings: a worker rebuilds each job from its stored name and runs it with
+/// these, and the leader (any of them) needs each type's timeout to put back
+/// the jobs of a process that died.
 fn background(store: DurableStore) -> Background {
     let invoices = TaskConfig::builder()
+        .timeout(Duration::from_secs(30))
         .retry(RetryPolicy::attempts(3).backoff(Duration::from_secs(1)))
         .on_error(|info: &TaskInfo, error: &TaskError| {
             eprintln!(
@@ -108,10 +110,23 @@ fn background(store: DurableStore) -> Background {
         .build()
 }
 
+/// The example's own table, in the store's database: an order and its jobs
+/// can then be written in one transaction. (Not `orders`, which the database
+/// may already have.)
+async fn create_orders_table(db: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS example_orders \
+         (id bigserial PRIMARY KEY, email text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(db)
+    .await
+    .map(drop)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    // Worker starts and stops, and the shutdown's progress; sqlx's notices
-    // ("schema already exists") only from warnings up.
+    // Worker starts and stops, rescues, and the shutdown's progress; sqlx's
+    // notices ("relation already exists") only from warnings up.
     let filter = Targets::new()
         .with_default(Level::INFO)
         .with_target("sqlx", Level::WARN);
@@ -137,11 +152,12 @@ async fn main() -> Result<(), BoxError> {
     else {
         eprintln!(
             "durable_worker needs a Postgres database: set AXUM_BACKGROUND_PG_URL (or DATABASE_URL), \
-             e.g. AXUM_BACKGROUND_PG_URL=postgres://postgres@127.0.0.1:5432/postgres"
+             e.g. AXUM_BACKGROUND_PG_URL=postgres://postgres@127.0.0.1:5432/postgres \
+             (`.ci/postgres.sh` starts a throwaway one and prints its URL)"
         );
         std::process::exit(2);
     };
-    // Connects, and creates the tables on first use. (The URL is not
+    // Connects, and creates the job tables on first use. (The URL is not
     // repeated in the error: it may hold a password.)
     let store = DurableStore::postgres(&url)
         .await
@@ -166,26 +182,40 @@ fn usage() -> ! {
 
 #[derive(Deserialize)]
 struct Order {
-    id: u64,
     email: String,
 }
 
-async fn create_order(tasks: Tasks, Json(order): Json<Order>) -> Result<String, DurableError> {
-    let Order { id, email } = order;
-    // In the store before the client hears "accepted" (a 500 if that failed).
-    let invoice = SendInvoice { order: id, email };
-    let job = tasks.durable().schedule(invoice).await?;
-    // Written once the response has been sent.
-    let export = ExportToLedger { order: id };
+async fn create_order(
+    State(db): State<PgPool>,
+    tasks: Tasks,
+    Json(Order { email }): Json<Order>,
+) -> Result<String, DurableError> {
+    // The order and its invoice job commit together, or not at all (a 500
+    // then: `DurableError::store` makes sqlx's errors answer as the store's).
+    let mut tx = db.begin().await?;
+    let order: i64 =
+        sqlx::query_scalar("INSERT INTO example_orders (email) VALUES ($1) RETURNING id")
+            .bind(&email)
+            .fetch_one(&mut *tx)
+            .await?;
+    let invoice = SendInvoice { order, email };
+    let job = tasks.durable().tx(&mut tx).schedule(invoice).await?;
+    tx.commit().await?;
+    // Written once the response has been sent, outside the transaction: it
+    // costs the client nothing, but a crash before then loses it.
+    let export = ExportToLedger { order };
     tasks.durable().after_response().schedule(export).await?;
-    Ok(format!("order {id} accepted, invoice job {job}\n"))
+    Ok(format!("order {order} accepted, invoice job {}\n", job.id))
 }
 
 /// Serves HTTP and only schedules: the `worker` processes run the jobs.
 async fn web(store: DurableStore) -> Result<(), BoxError> {
+    let db = store.postgres_pool().cloned().ok_or("a Postgres store")?;
+    create_orders_table(&db).await?;
     let background = background(store.without_workers());
     let app = Router::new()
         .route("/orders", post(create_order))
+        .with_state(db)
         .layer(background.layer());
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
@@ -210,47 +240,70 @@ async fn web(store: DurableStore) -> Result<(), BoxError> {
 
 /// Runs jobs until Ctrl-C or SIGTERM, then lets the running ones finish.
 async fn worker(store: DurableStore) -> Result<(), BoxError> {
-    // Each worker's name gets this process's id and a random suffix: start
-    // as many of these processes as you like.
-    let background = background(store.worker_name("invoices"));
+    // Start as many of these processes as you like: they share the queue.
+    let background = background(store);
     println!(
         "worker {}: running jobs; Ctrl-C or SIGTERM to stop",
         std::process::id()
     );
     shutdown_signal().await;
     println!("worker: stopping; jobs already taken may finish (30 s)");
-    // Jobs not taken yet stay in the store for the other workers.
+    // Jobs not taken yet stay in the store for the other workers; jobs cut
+    // off at the deadline go back without spending an attempt.
     let report = background.shutdown(Duration::from_secs(30)).await;
     print_report("worker", &report);
     Ok(())
 }
 
-/// Stores `count` invoices, runs workers until all have been sent, exits.
+/// Commits `count` orders and their invoice jobs, runs workers until the
+/// queue is drained, checks that every job completed, exits.
 async fn demo(store: DurableStore, count: u64) -> Result<(), BoxError> {
+    let db = store.postgres_pool().cloned().ok_or("a Postgres store")?;
+    create_orders_table(&db).await?;
     // A queue of its own, so that running `worker` processes leave these
     // jobs to this one.
     let background = background(store.queue("axum-background-demo"));
-    // Numbered after this process, so that it waits for its own orders (jobs
-    // an interrupted run left on the queue are run too, and not waited for).
-    let first = u64::from(std::process::id()) * 1000;
-    let orders: Vec<u64> = (first..first + count).collect();
     let started = Instant::now();
-    for &order in &orders {
-        let email = format!("customer{}@example.com", order - first + 1);
-        background
-            .durable()
-            .schedule(SendInvoice { order, email })
-            .await?;
+    let mut tx = db.begin().await?;
+    let mut invoices = Vec::new();
+    for n in 1..=count {
+        let email = format!("customer{n}@example.com");
+        let order: i64 =
+            sqlx::query_scalar("INSERT INTO example_orders (email) VALUES ($1) RETURNING id")
+                .bind(&email)
+                .fetch_one(&mut *tx)
+                .await?;
+        invoices.push(SendInvoice { order, email });
     }
-    println!("demo: {count} invoices stored in {:.0?}", started.elapsed());
-    let mut sent = SENT.subscribe();
-    let all_sent = sent.wait_for(|sent| orders.iter().all(|order| sent.contains(order)));
-    tokio::time::timeout(Duration::from_secs(60), all_sent)
+    let jobs = background
+        .durable()
+        .tx(&mut tx)
+        .schedule_many(invoices)
+        .await?;
+    tx.commit().await?;
+    println!(
+        "demo: {count} orders and their invoice jobs committed in {:.0?}",
+        started.elapsed()
+    );
+    // Jobs an interrupted run left on this queue are run, and waited for, too.
+    tokio::time::timeout(Duration::from_secs(60), background.durable().wait_drained())
         .await
-        .map_err(|_| "demo: not every invoice was sent within 60 s")??;
-    println!("demo: all {count} sent in {:.0?}", started.elapsed());
+        .map_err(|_| "demo: the queue was not drained within 60 s")??;
+    let mut completed = 0;
+    for job in &jobs {
+        if background.durable().job(job.id).await?.state == JobState::Completed {
+            completed += 1;
+        }
+    }
+    println!(
+        "demo: queue drained in {:.0?}; {completed} of {count} invoice jobs completed",
+        started.elapsed()
+    );
     let report = background.shutdown(Duration::from_secs(30)).await;
     print_report("demo", &report);
+    if completed != jobs.len() {
+        return Err("demo: not every invoice job completed".into());
+    }
     Ok(())
 }
 

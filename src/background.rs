@@ -58,7 +58,7 @@ pub struct Background {
 #[must_use]
 #[derive(Debug, Default)]
 pub struct BackgroundBuilder {
-    default_config: TaskConfig,
+    pub(crate) default_config: TaskConfig,
     runtime: Option<Handle>,
     hooks: ShutdownHooks,
     max_blocking: Option<usize>,

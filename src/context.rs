@@ -48,7 +48,7 @@ thread_local! {
 /// ```
 #[derive(Clone)]
 pub struct TaskContext {
-    cell: Arc<TaskCell>,
+    pub(crate) cell: Arc<TaskCell>,
 }
 
 impl TaskContext {

@@ -17,10 +17,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
-use axum_background::durable::{DurableError, DurableStore, DurableTask};
+use axum_background::durable::{
+    DurableError, DurableStore, DurableTask, Enqueued, JobId, JobState,
+};
 use axum_background::handler::{IntoErrorHandler, SharedErrorHandler};
 use axum_background::{
-    Background, BackgroundTask, BoxError, RetryPolicy, TaskConfig, TaskError, TaskInfo, Tasks, mode,
+    Background, BackgroundTask, BoxError, RetryPolicy, TaskConfig, TaskContext, TaskError,
+    TaskInfo, Tasks, mode,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -184,6 +187,28 @@ impl DurableTask for Gated {
     const NAME: &'static str = "gated";
 }
 
+/// Reads the state the task's `Background` keeps (`.state(Tag(..))`).
+#[derive(Serialize, Deserialize)]
+struct ReadsState {
+    key: String,
+}
+
+#[derive(Clone)]
+struct Tag(u64);
+
+impl BackgroundTask for ReadsState {
+    type Mode = mode::Async;
+    async fn run(self) -> Result<(), BoxError> {
+        let Tag(tag) = TaskContext::state()?;
+        record(&self.key, tag);
+        Ok(())
+    }
+}
+
+impl DurableTask for ReadsState {
+    const NAME: &'static str = "reads_state";
+}
+
 /// A fresh SQLite file in the target directory.
 fn sqlite_path(test: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("durable");
@@ -221,8 +246,49 @@ fn reporting() -> (SharedErrorHandler, Reported) {
     (handler.into_shared(), reported)
 }
 
+/// The id of a job written now (the immediate phase).
+async fn schedule<T: DurableTask>(background: &Background, task: T) -> JobId {
+    let enqueued = background
+        .durable()
+        .schedule(task)
+        .await
+        .expect("written to the store")
+        .expect("written now: the immediate phase");
+    assert!(!enqueued.duplicate);
+    enqueued.id
+}
+
+/// The jobs' states, counted.
+async fn states(background: &Background, ids: &[JobId]) -> BTreeMap<String, usize> {
+    let mut states = BTreeMap::new();
+    for &id in ids {
+        let job = background.durable().job(id).await.expect("look the job up");
+        *states.entry(format!("{:?}", job.state)).or_default() += 1;
+    }
+    states
+}
+
+fn count(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|&(k, n)| (k.to_owned(), n)).collect()
+}
+
+/// Waits (up to 60 s) until the job is in `state`.
+async fn wait_state(background: &Background, id: JobId, state: JobState) {
+    let wait = async {
+        loop {
+            if background.durable().job(id).await.unwrap().state == state {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("job {id} not {state:?} in 60 s"));
+}
+
 #[tokio::test]
-async fn a_scheduled_task_runs_in_this_process_and_is_done_in_the_store() {
+async fn a_scheduled_task_runs_in_this_process_and_is_completed_in_the_store() {
     let store = StoreSpec::sqlite("runs");
     let background = Background::builder()
         .durable(store.open().await)
@@ -230,24 +296,29 @@ async fn a_scheduled_task_runs_in_this_process_and_is_done_in_the_store() {
         .register::<BlockingRecord>()
         .build();
     let key = "runs";
-    let id = background
-        .durable()
-        .schedule(Record {
-            key: key.into(),
-            n: 1,
-        })
-        .await
-        .expect("written to the store");
-    assert_eq!(id.as_str().len(), 26, "a ULID: {id}");
-    background
-        .durable()
-        .schedule(BlockingRecord {
-            key: key.into(),
-            n: 2,
-        })
+    let ids = [
+        schedule(
+            &background,
+            Record {
+                key: key.into(),
+                n: 1,
+            },
+        )
+        .await,
+        schedule(
+            &background,
+            BlockingRecord {
+                key: key.into(),
+                n: 2,
+            },
+        )
+        .await,
+    ];
+    assert_ne!(ids[0], ids[1]);
+    within("drained", background.durable().wait_drained())
         .await
         .unwrap();
-    let mut seen = wait_runs(key, 2).await;
+    let mut seen = runs(key);
     seen.sort();
     assert_eq!(seen, [1, 2]);
 
@@ -255,27 +326,24 @@ async fn a_scheduled_task_runs_in_this_process_and_is_done_in_the_store() {
     assert!(&report.overdue.is_empty(), "{report:?}");
     assert_settled(background.stats());
     assert_eq!(background.stats().completed, 2);
-    assert_eq!(
-        store.statuses().await,
-        BTreeMap::from([("Done".to_owned(), 2)])
-    );
+    assert_eq!(states(&background, &ids).await, count(&[("Completed", 2)]));
 }
 
 #[tokio::test]
 async fn the_phase_says_when_the_job_is_written() {
     let store = StoreSpec::sqlite("phases");
     let background = Background::builder()
-        .durable(store.open().await)
+        .durable(store.open().await.without_workers())
         .register::<Record>()
         .build();
-    let handler_done = Arc::new(AtomicUsize::new(0));
+    let written = Arc::new(Mutex::new(None));
     let app = Router::new()
         .route(
             "/",
             post({
-                let handler_done = Arc::clone(&handler_done);
+                let written = Arc::clone(&written);
                 move |tasks: Tasks| async move {
-                    tasks
+                    let enqueued = tasks
                         .durable()
                         .after_response()
                         .schedule(Record {
@@ -283,7 +351,7 @@ async fn the_phase_says_when_the_job_is_written() {
                             n: 7,
                         })
                         .await?;
-                    handler_done.store(1, Ordering::SeqCst);
+                    *written.lock().unwrap() = Some(enqueued);
                     Ok::<_, DurableError>("ok")
                 }
             }),
@@ -291,20 +359,32 @@ async fn the_phase_says_when_the_job_is_written() {
         .layer(background.layer());
     let response = post_root(app).await;
     assert_eq!(response.status(), 200);
-    // The body has not been read: the after-response phase has not come, and
-    // the job is not in the store yet.
-    assert_eq!(handler_done.load(Ordering::SeqCst), 1);
-    assert_eq!(store.statuses().await, BTreeMap::new());
+    // Written later: no id yet, and the enqueue task waits for the body.
+    assert_eq!(*written.lock().unwrap(), Some(None));
+    let pending = background.in_flight();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].name, "record:enqueue");
+    assert!(pending[0].started_at.is_none());
     drop(
         axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .unwrap(),
     );
-    assert_eq!(wait_runs("phases", 1).await, [7]);
+    within("the enqueue", background.wait_idle()).await;
+    assert_eq!(background.stats().completed, 1);
+    // The job is in the store now: a worker elsewhere would take it.
+    let waiting = Background::builder()
+        .durable(store.open().await)
+        .register::<Record>()
+        .build();
+    within("drained", waiting.durable().wait_drained())
+        .await
+        .unwrap();
+    assert_eq!(runs("phases"), [7]);
 }
 
 #[tokio::test]
-async fn a_failing_task_is_retried_then_reported_and_not_run_again() {
+async fn a_failing_task_is_retried_then_reported_once_and_discarded_with_its_errors() {
     let store = StoreSpec::sqlite("fails");
     let (reports, reported) = reporting();
     let config = TaskConfig::builder()
@@ -315,30 +395,44 @@ async fn a_failing_task_is_retried_then_reported_and_not_run_again() {
         .durable(store.open().await)
         .register_with::<AlwaysFails>(config)
         .build();
-    background
-        .durable()
-        .schedule(AlwaysFails {
+    let id = schedule(
+        &background,
+        AlwaysFails {
             key: "fails".into(),
-        })
-        .await
-        .unwrap();
-    wait_runs("fails", 3).await;
-    within("the job's end", background.wait_idle()).await;
+        },
+    )
+    .await;
+    wait_state(&background, id, JobState::Discarded).await;
+    within("the last run's end", background.wait_idle()).await;
     let reported = reported.lock().unwrap().clone();
-    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(
+        reported.len(),
+        1,
+        "the handler hears of the job once: {reported:?}"
+    );
     assert_eq!(reported[0].0, "always_fails");
     assert!(
         reported[0].1.contains("the mail server said no"),
         "{reported:?}"
     );
 
-    // Given up, in the store too: no worker takes it again.
-    within("shutdown", background.shutdown(Duration::from_secs(5))).await;
-    assert_eq!(
-        store.statuses().await,
-        BTreeMap::from([("Killed".to_owned(), 1)])
-    );
+    let job = background.durable().job(id).await.unwrap();
+    assert_eq!(job.name, "always_fails");
+    assert_eq!(job.attempts, 3);
+    assert_eq!(job.errors.len(), 3, "{job:?}");
+    for (n, error) in job.errors.iter().enumerate() {
+        assert_eq!(error.attempt as usize, n + 1);
+        assert!(error.error.contains("the mail server said no"), "{job:?}");
+    }
+    assert!(job.finalized_at.is_some());
     assert_eq!(runs("fails").len(), 3);
+
+    // Retried by hand: one more run.
+    let retried = background.durable().retry(id).await.unwrap();
+    assert_eq!(retried.state, JobState::Waiting);
+    wait_state(&background, id, JobState::Discarded).await;
+    assert_eq!(runs("fails").len(), 4);
+    within("shutdown", background.shutdown(Duration::from_secs(5))).await;
 }
 
 #[tokio::test]
@@ -371,6 +465,444 @@ async fn scheduling_needs_a_store_and_a_registered_type() {
         "{error}"
     );
     assert!(error.to_string().contains(".register::<YourTask>()"));
+    let error = background
+        .durable()
+        .job(JobId::from(424_242))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, DurableError::NotFound(id) if id.as_i64() == 424_242),
+        "{error}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// In the caller's transaction; unique; delayed; cancel; state.
+
+async fn a_job_written_in_a_transaction_is_seen_on_commit_and_gone_on_rollback(store: StoreSpec) {
+    let background = Background::builder()
+        .durable(store.open().await.without_workers())
+        .register::<Record>()
+        .build();
+    let durable = store.open().await;
+    let key = format!("{}-tx", store.queue);
+    let record = |n| Record {
+        key: key.clone(),
+        n,
+    };
+    let (committed, rolled_back) = match (durable.sqlite_pool(), durable.postgres_pool()) {
+        (Some(pool), _) => {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, total INTEGER)",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("INSERT INTO orders (total) VALUES (42)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let committed = background
+                .durable()
+                .tx(&mut tx)
+                .schedule(record(1))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let rolled_back = background
+                .durable()
+                .tx(&mut tx)
+                .schedule(record(2))
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+            (committed, rolled_back)
+        }
+        (None, Some(pool)) => {
+            let mut tx = pool.begin().await.unwrap();
+            let committed = background
+                .durable()
+                .tx(&mut tx)
+                .schedule(record(1))
+                .await
+                .unwrap();
+            // Not seen outside the transaction before it commits.
+            let outside = background.durable().job(committed.id).await.unwrap_err();
+            assert!(matches!(outside, DurableError::NotFound(_)), "{outside}");
+            tx.commit().await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            let rolled_back = background
+                .durable()
+                .tx(&mut tx)
+                .schedule(record(2))
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+            (committed, rolled_back)
+        }
+        (None, None) => unreachable!(),
+    };
+    assert_eq!(
+        background.durable().job(committed.id).await.unwrap().state,
+        JobState::Waiting
+    );
+    let gone = background.durable().job(rolled_back.id).await.unwrap_err();
+    assert!(matches!(gone, DurableError::NotFound(_)), "{gone}");
+
+    let worker = Background::builder()
+        .durable(store.open().await)
+        .register::<Record>()
+        .build();
+    within("drained", worker.durable().wait_drained())
+        .await
+        .unwrap();
+    assert_eq!(
+        runs(&key),
+        [1],
+        "the committed job ran, the rolled-back one did not"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_job_written_in_a_transaction_is_seen_on_commit_and_gone_on_rollback() {
+    a_job_written_in_a_transaction_is_seen_on_commit_and_gone_on_rollback(StoreSpec::sqlite("tx"))
+        .await;
+}
+
+#[tokio::test]
+async fn postgres_a_job_written_in_a_transaction_is_seen_on_commit_and_gone_on_rollback() {
+    if let Some(store) = StoreSpec::postgres("tx").await {
+        a_job_written_in_a_transaction_is_seen_on_commit_and_gone_on_rollback(store).await;
+    }
+}
+
+async fn a_duplicate_returns_the_existing_job_and_never_aborts_a_transaction(store: StoreSpec) {
+    let background = Background::builder()
+        .durable(store.open().await.without_workers())
+        .register::<Record>()
+        .build();
+    let key = format!("{}-unique", store.queue);
+    let record = |n| Record {
+        key: key.clone(),
+        n,
+    };
+    let first = background
+        .durable()
+        .unique("invoice-42")
+        .schedule(record(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = background
+        .durable()
+        .unique("invoice-42")
+        .schedule(record(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(
+        again,
+        Enqueued {
+            id: first.id,
+            duplicate: true
+        }
+    );
+    let other = background
+        .durable()
+        .unique("invoice-43")
+        .schedule(record(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!other.duplicate);
+    let by_args = background
+        .durable()
+        .unique_by_args()
+        .schedule(record(4))
+        .await
+        .unwrap()
+        .unwrap();
+    let same_args = background
+        .durable()
+        .unique_by_args()
+        .schedule(record(4))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        same_args,
+        Enqueued {
+            id: by_args.id,
+            duplicate: true
+        }
+    );
+
+    // Inside a transaction: the duplicate is reported and the transaction
+    // goes on to commit its other writes.
+    let durable = store.open().await;
+    if let Some(pool) = durable.postgres_pool() {
+        let mut tx = pool.begin().await.unwrap();
+        let in_tx = background
+            .durable()
+            .unique("invoice-42")
+            .tx(&mut tx)
+            .schedule(record(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            in_tx,
+            Enqueued {
+                id: first.id,
+                duplicate: true
+            }
+        );
+        let new = background
+            .durable()
+            .tx(&mut tx)
+            .schedule(record(6))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            background.durable().job(new.id).await.unwrap().state,
+            JobState::Waiting
+        );
+    }
+    if let Some(pool) = durable.sqlite_pool() {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let in_tx = background
+            .durable()
+            .unique("invoice-42")
+            .tx(&mut tx)
+            .schedule(record(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            in_tx,
+            Enqueued {
+                id: first.id,
+                duplicate: true
+            }
+        );
+        let new = background
+            .durable()
+            .tx(&mut tx)
+            .schedule(record(6))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            background.durable().job(new.id).await.unwrap().state,
+            JobState::Waiting
+        );
+    }
+
+    // Once finished, the key is free again.
+    let worker = Background::builder()
+        .durable(store.open().await)
+        .register::<Record>()
+        .build();
+    within("drained", worker.durable().wait_drained())
+        .await
+        .unwrap();
+    let after = background
+        .durable()
+        .unique("invoice-42")
+        .schedule(record(7))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!after.duplicate);
+    assert_ne!(after.id, first.id);
+    within("drained", worker.durable().wait_drained())
+        .await
+        .unwrap();
+    let mut ran = runs(&key);
+    ran.sort_unstable();
+    assert_eq!(ran, [1, 3, 4, 6, 7]);
+}
+
+#[tokio::test]
+async fn sqlite_a_duplicate_returns_the_existing_job_and_never_aborts_a_transaction() {
+    a_duplicate_returns_the_existing_job_and_never_aborts_a_transaction(StoreSpec::sqlite(
+        "unique",
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_a_duplicate_returns_the_existing_job_and_never_aborts_a_transaction() {
+    if let Some(store) = StoreSpec::postgres("unique").await {
+        a_duplicate_returns_the_existing_job_and_never_aborts_a_transaction(store).await;
+    }
+}
+
+#[tokio::test]
+async fn a_delayed_job_is_scheduled_until_its_time_and_a_cancelled_one_never_runs() {
+    let store = StoreSpec::sqlite("delayed");
+    let background = Background::builder()
+        .durable(store.open().await)
+        .register::<Record>()
+        .build();
+    let key = "delayed";
+    let written = std::time::SystemTime::now();
+    let soon = background
+        .durable()
+        .delay(Duration::from_secs(1))
+        .schedule(Record {
+            key: key.into(),
+            n: 1,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let later = background
+        .durable()
+        .at(written + Duration::from_secs(3600))
+        .schedule(Record {
+            key: key.into(),
+            n: 2,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let job = background.durable().job(soon.id).await.unwrap();
+    assert_eq!(job.state, JobState::Scheduled);
+    assert!(
+        job.scheduled_at >= written + Duration::from_millis(999),
+        "{job:?}"
+    );
+
+    let cancelled = background.durable().cancel(later.id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+
+    wait_state(&background, soon.id, JobState::Completed).await;
+    assert!(written.elapsed().unwrap() >= Duration::from_secs(1));
+    assert_eq!(runs(key), [1]);
+    assert_eq!(
+        background.durable().job(later.id).await.unwrap().state,
+        JobState::Cancelled
+    );
+    within("shutdown", background.shutdown(Duration::from_secs(5))).await;
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_cancels_its_task() {
+    let store = StoreSpec::sqlite("cancel_running");
+    let key = store.queue.clone();
+    let background = Background::builder()
+        .durable(store.open().await)
+        .register::<Gated>()
+        .build();
+    let id = schedule(
+        &background,
+        Gated {
+            key: key.clone(),
+            n: 1,
+        },
+    )
+    .await;
+    wait_runs(&key, 1).await;
+    // A second Background on the same store, as another process would.
+    let other = Background::builder()
+        .durable(store.open().await.without_workers())
+        .register::<Gated>()
+        .build();
+    let asked = other.durable().cancel(id).await.unwrap();
+    assert_eq!(
+        asked.state,
+        JobState::Running,
+        "still running until its task ends"
+    );
+    wait_state(&other, id, JobState::Cancelled).await;
+    within("the task's end", background.wait_idle()).await;
+    assert_eq!(background.stats().cancelled, 1);
+    let job = other.durable().job(id).await.unwrap();
+    assert!(job.finalized_at.is_some());
+    within("shutdown", background.shutdown(Duration::from_secs(5))).await;
+}
+
+#[tokio::test]
+async fn each_background_gives_its_own_state_to_its_durable_tasks() {
+    let mut ran = Vec::new();
+    for tag in [1, 2] {
+        let store = StoreSpec::sqlite(&format!("state{tag}"));
+        let background = Background::builder()
+            .durable(store.open().await)
+            .register::<ReadsState>()
+            .state(Tag(tag))
+            .build();
+        schedule(
+            &background,
+            ReadsState {
+                key: "state".into(),
+            },
+        )
+        .await;
+        within("drained", background.durable().wait_drained())
+            .await
+            .unwrap();
+        ran.push(runs("state"));
+    }
+    assert_eq!(ran, [vec![1], vec![1, 2]]);
+
+    // Without the state: the task fails, saying what is missing.
+    let background = Background::builder()
+        .durable(StoreSpec::sqlite("state_missing").open().await)
+        .register_with::<ReadsState>(
+            TaskConfig::builder()
+                .retry(RetryPolicy::attempts(1))
+                .build(),
+        )
+        .build();
+    let id = schedule(
+        &background,
+        ReadsState {
+            key: "state".into(),
+        },
+    )
+    .await;
+    wait_state(&background, id, JobState::Discarded).await;
+    let job = background.durable().job(id).await.unwrap();
+    assert!(job.errors[0].error.contains("no state of type"), "{job:?}");
+    assert!(job.errors[0].error.contains("Tag"), "{job:?}");
+}
+
+#[tokio::test]
+async fn sqlite_under_load_sixty_four_concurrent_schedules_never_fail() {
+    let store = StoreSpec::sqlite("load");
+    let background = Background::builder()
+        .durable(store.open().await)
+        .register::<Record>()
+        .build();
+    let key = "load";
+    for round in 0..10u64 {
+        let schedules = (0..64u64).map(|i| {
+            let background = background.clone();
+            tokio::spawn(async move {
+                background
+                    .durable()
+                    .schedule(Record {
+                        key: key.into(),
+                        n: round * 64 + i,
+                    })
+                    .await
+            })
+        });
+        for scheduled in futures_util::future::join_all(schedules).await {
+            scheduled.unwrap().expect("no schedule fails under load");
+        }
+    }
+    within("drained", background.durable().wait_drained())
+        .await
+        .unwrap();
+    let mut ran = runs(key);
+    ran.sort_unstable();
+    assert_eq!(ran, (0..640).collect::<Vec<_>>(), "each ran once");
+    within("shutdown", background.shutdown(Duration::from_secs(5))).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -387,19 +919,32 @@ impl StoreSpec {
     fn sqlite(test: &str) -> Self {
         StoreSpec {
             spec: format!("sqlite:{}", sqlite_path(test).display()),
-            queue: test.to_owned(),
+            queue: test.replace('_', "-"),
         }
     }
 
+    /// A database of its own on the configured Postgres (processes sharing a
+    /// database elect one leader, which must know every task type), or
     /// `None` (with the reason printed) when no Postgres is configured; under
     /// CI a missing Postgres fails the test instead.
-    fn postgres(test: &str) -> Option<Self> {
+    async fn postgres(test: &str) -> Option<Self> {
         match std::env::var("AXUM_BACKGROUND_PG_URL") {
-            Ok(url) => Some(StoreSpec {
-                spec: format!("postgres:{url}"),
-                // A queue per run: earlier runs' jobs stay out of the way.
-                queue: format!("{test}-{}-{}", std::process::id(), unique()),
-            }),
+            Ok(url) => {
+                let name = format!("ab_{test}_{}_{}", std::process::id(), unique());
+                let admin = sqlx::PgPool::connect(&url)
+                    .await
+                    .expect("connect to Postgres");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create the test's database");
+                admin.close().await;
+                let (base, _) = url.rsplit_once('/').expect("a URL ending in /<database>");
+                Some(StoreSpec {
+                    spec: format!("postgres:{base}/{name}"),
+                    queue: test.replace('_', "-"),
+                })
+            }
             Err(_) if std::env::var_os("CI").is_some() => {
                 panic!("CI is set but AXUM_BACKGROUND_PG_URL is not: run .ci/postgres.sh")
             }
@@ -423,38 +968,7 @@ impl StoreSpec {
             .expect("open the store")
             .queue(&self.queue)
             .poll_interval(Duration::from_millis(20))
-            .heartbeat(Duration::from_secs(1), 1)
-    }
-
-    /// Jobs in this queue, by status.
-    async fn statuses(&self) -> BTreeMap<String, i64> {
-        match self.spec.split_once(':') {
-            Some(("sqlite", path)) => {
-                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
-                    .await
-                    .unwrap();
-                let rows: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT status, COUNT(*) FROM Jobs WHERE job_type = ? GROUP BY status",
-                )
-                .bind(&self.queue)
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-                rows.into_iter().collect()
-            }
-            Some(("postgres", url)) => {
-                let pool = sqlx::PgPool::connect(url).await.unwrap();
-                let rows: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT status, COUNT(*) FROM apalis.jobs WHERE job_type = $1 GROUP BY status",
-                )
-                .bind(&self.queue)
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-                rows.into_iter().collect()
-            }
-            _ => unreachable!(),
-        }
+            .rescue(Duration::from_millis(200), Duration::from_millis(200))
     }
 }
 
@@ -515,6 +1029,13 @@ impl ChildProcess {
             .unwrap_or_else(|_| panic!("no {prefix:?} from the child process in 30 s"))
     }
 
+    /// The job id a line `PREFIX <id>` names.
+    async fn job_id(&mut self, prefix: &str) -> JobId {
+        let line = self.line(prefix).await;
+        let id: i64 = line[prefix.len()..].trim().parse().expect("a job id");
+        JobId::from(id)
+    }
+
     /// SIGKILL: nothing in the child gets to run.
     fn kill(mut self) {
         self.child.kill().unwrap();
@@ -534,6 +1055,14 @@ impl Drop for ChildProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The timeout of `Stall` jobs: a job held by a process that died runs again
+/// once it (and the margin) has passed.
+fn stall_config() -> TaskConfig {
+    TaskConfig::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
 }
 
 /// The child process's side: what `role` says, on the store the parent named.
@@ -556,14 +1085,14 @@ fn child_process() {
                     .durable(store.open().await.without_workers())
                     .register::<Record>()
                     .build();
-                let id = background
-                    .durable()
-                    .schedule(Record {
+                let id = schedule(
+                    &background,
+                    Record {
                         key: store.queue.clone(),
                         n: 1,
-                    })
-                    .await
-                    .unwrap();
+                    },
+                )
+                .await;
                 println!("SCHEDULED {id}");
                 std::future::pending::<()>().await;
             }
@@ -571,15 +1100,16 @@ fn child_process() {
             "stall" => {
                 let background = Background::builder()
                     .durable(store.open().await)
-                    .register::<Stall>()
+                    .register_with::<Stall>(stall_config())
                     .build();
-                background
-                    .durable()
-                    .schedule(Stall {
+                let id = schedule(
+                    &background,
+                    Stall {
                         key: store.queue.clone(),
-                    })
-                    .await
-                    .unwrap();
+                    },
+                )
+                .await;
+                println!("SCHEDULED {id}");
                 std::future::pending::<()>().await;
             }
             // A worker process: runs jobs until asked to stop on stdin.
@@ -610,29 +1140,31 @@ fn child_process() {
 /// run by the next process to start.
 async fn killed_before_it_ran(store: StoreSpec) {
     let mut web = ChildProcess::spawn("schedule", &store, None);
-    web.line("SCHEDULED").await;
+    let id = web.job_id("SCHEDULED").await;
     web.kill();
+    let next = restarted(&store).await;
     assert_eq!(
-        store.statuses().await,
-        BTreeMap::from([("Pending".to_owned(), 1)])
+        next.durable().job(id).await.unwrap().state,
+        JobState::Waiting
     );
-    restart_runs_the_job(&store).await;
+    next_runs_the_job(next, &store, id).await;
 }
 
-/// The next process, with workers on `store`: runs its one job, and the store
-/// says it is done.
-async fn restart_runs_the_job(store: &StoreSpec) {
-    let background = Background::builder()
+/// The next process, with workers on `store`.
+async fn restarted(store: &StoreSpec) -> Background {
+    Background::builder()
         .durable(store.open().await)
         .register::<Record>()
-        .register::<Stall>()
-        .build();
+        .register_with::<Stall>(stall_config())
+        .build()
+}
+
+/// The next process runs the job once, and the store says it is completed.
+async fn next_runs_the_job(next: Background, store: &StoreSpec, id: JobId) {
     assert_eq!(wait_runs(&store.queue, 1).await, [1]);
-    within("shutdown", background.shutdown(Duration::from_secs(5))).await;
-    assert_eq!(
-        store.statuses().await,
-        BTreeMap::from([("Done".to_owned(), 1)])
-    );
+    wait_state(&next, id, JobState::Completed).await;
+    within("shutdown", next.shutdown(Duration::from_secs(5))).await;
+    assert_eq!(runs(&store.queue), [1]);
 }
 
 #[tokio::test]
@@ -642,26 +1174,28 @@ async fn sqlite_a_job_outlives_a_process_killed_before_it_ran() {
 
 #[tokio::test]
 async fn postgres_a_job_outlives_a_process_killed_before_it_ran() {
-    if let Some(store) = StoreSpec::postgres("killed_before") {
+    if let Some(store) = StoreSpec::postgres("killed_before").await {
         killed_before_it_ran(store).await;
     }
 }
 
 /// A job whose worker process was killed while running it is run again by
-/// another worker once the dead one's heartbeat has lapsed.
+/// another worker once its timeout and the margin have passed (and the dead
+/// process's lease as leader).
 async fn killed_while_running(store: StoreSpec) {
     let mut worker = ChildProcess::spawn("stall", &store, None);
+    let id = worker.job_id("SCHEDULED").await;
     worker.line("RUNNING").await;
     worker.kill();
-    // Taken by the dead worker: `Queued` (locked) or `Running`, depending on
-    // whether its lock event was written before it died.
-    let statuses = store.statuses().await;
-    assert!(
-        statuses == BTreeMap::from([("Running".to_owned(), 1)])
-            || statuses == BTreeMap::from([("Queued".to_owned(), 1)]),
-        "{statuses:?}"
-    );
-    restart_runs_the_job(&store).await;
+    let killed_at = std::time::Instant::now();
+    let next = restarted(&store).await;
+    let job = next.durable().job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Running, "{job:?}");
+    next_runs_the_job(next, &store, id).await;
+    // Timeout 1 s + margin 5 s + a check every 0.2 s, after the dead
+    // leader's lease (0.2 s + 10 s).
+    let waited = killed_at.elapsed();
+    assert!(waited < Duration::from_secs(25), "rescued after {waited:?}");
 }
 
 #[tokio::test]
@@ -671,14 +1205,14 @@ async fn sqlite_a_job_outlives_a_worker_killed_while_running_it() {
 
 #[tokio::test]
 async fn postgres_a_job_outlives_a_worker_killed_while_running_it() {
-    if let Some(store) = StoreSpec::postgres("killed_while") {
+    if let Some(store) = StoreSpec::postgres("killed_while").await {
         killed_while_running(store).await;
     }
 }
 
 #[tokio::test]
 async fn postgres_two_worker_processes_share_a_thousand_jobs_each_run_once() {
-    let Some(store) = StoreSpec::postgres("share") else {
+    let Some(store) = StoreSpec::postgres("share").await else {
         return;
     };
     const JOBS: u64 = 1000;
@@ -687,20 +1221,17 @@ async fn postgres_two_worker_processes_share_a_thousand_jobs_each_run_once() {
         .durable(store.open().await.without_workers())
         .register::<Record>()
         .build();
-    for n in 0..JOBS {
-        web.durable()
-            .schedule(Record {
-                key: store.queue.clone(),
-                n,
-            })
-            .await
-            .unwrap();
-    }
+    let jobs = (0..JOBS).map(|n| Record {
+        key: store.queue.clone(),
+        n,
+    });
+    let enqueued = web.durable().schedule_many(jobs).await.unwrap();
+    assert_eq!(enqueued.len() as u64, JOBS);
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("durable");
     std::fs::create_dir_all(&dir).unwrap();
     let outs: Vec<PathBuf> = (0..2)
-        .map(|i| dir.join(format!("{}-worker{i}.txt", store.queue)))
+        .map(|i| dir.join(format!("{}-{}-worker{i}.txt", store.queue, unique())))
         .collect();
     let mut workers: Vec<ChildProcess> = outs
         .iter()
@@ -709,22 +1240,10 @@ async fn postgres_two_worker_processes_share_a_thousand_jobs_each_run_once() {
     for worker in &mut workers {
         worker.line("WORKING").await;
     }
-
-    // Wait for the store to say every job is done.
-    let done = async {
-        let mut poll = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            poll.tick().await;
-            let statuses = store.statuses().await;
-            if statuses.get("Done") == Some(&(JOBS as i64)) {
-                return statuses;
-            }
-        }
-    };
-    let statuses = tokio::time::timeout(Duration::from_secs(120), done)
+    tokio::time::timeout(Duration::from_secs(120), web.durable().wait_drained())
         .await
-        .unwrap_or_else(|_| panic!("not all done in 120 s"));
-    assert_eq!(statuses.len(), 1, "{statuses:?}");
+        .expect("drained in 120 s")
+        .unwrap();
 
     // A clean stop of both workers.
     for worker in &mut workers {
@@ -748,12 +1267,24 @@ async fn postgres_two_worker_processes_share_a_thousand_jobs_each_run_once() {
     }
     let mut all: Vec<u64> = per_worker.concat();
     all.sort_unstable();
-    assert_eq!(all.len() as u64, JOBS, "a job ran twice or was lost");
-    assert_eq!(all, (0..JOBS).collect::<Vec<_>>());
-    eprintln!(
-        "jobs run per worker: {:?}",
-        per_worker.iter().map(Vec::len).collect::<Vec<_>>()
+    let twice: Vec<&u64> = all
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    let lost: Vec<u64> = (0..JOBS)
+        .filter(|n| all.binary_search(n).is_err())
+        .collect();
+    assert!(
+        twice.is_empty() && lost.is_empty(),
+        "ran twice: {} jobs ({:?}..); lost: {} ({:?}..)",
+        twice.len(),
+        &twice[..twice.len().min(5)],
+        lost.len(),
+        &lost[..lost.len().min(5)]
     );
+    let ids: Vec<JobId> = enqueued.iter().map(|e| e.id).collect();
+    assert_eq!(states(&web, &ids[..10]).await, count(&[("Completed", 10)]));
 }
 
 #[tokio::test]
@@ -764,15 +1295,18 @@ async fn shutdown_lets_the_running_job_finish_and_leaves_the_rest_in_the_store()
         .durable(store.open().await.concurrency(1))
         .register::<Gated>()
         .build();
+    let mut ids = Vec::new();
     for n in 0..5 {
-        background
-            .durable()
-            .schedule(Gated {
-                key: key.clone(),
-                n,
-            })
-            .await
-            .unwrap();
+        ids.push(
+            schedule(
+                &background,
+                Gated {
+                    key: key.clone(),
+                    n,
+                },
+            )
+            .await,
+        );
     }
     assert_eq!(wait_runs(&key, 1).await, [0]);
 
@@ -794,35 +1328,34 @@ async fn shutdown_lets_the_running_job_finish_and_leaves_the_rest_in_the_store()
     assert!(&report.overdue.is_empty(), "{report:?}");
     assert_eq!(runs(&key), [0], "no other job was started");
     assert_eq!(
-        store.statuses().await,
-        BTreeMap::from([("Done".to_owned(), 1), ("Pending".to_owned(), 4)])
+        states(&background, &ids).await,
+        count(&[("Completed", 1), ("Waiting", 4)])
     );
 }
 
 #[tokio::test]
-async fn a_job_cut_off_by_the_grace_period_runs_again_on_the_next_start() {
+async fn a_job_cut_off_by_the_grace_period_goes_back_unspent_and_runs_on_the_next_start() {
     let store = StoreSpec::sqlite("shutdown_overdue");
     let key = store.queue.clone();
     let first = Background::builder()
         .durable(store.open().await)
         .register::<Gated>()
         .build();
-    first
-        .durable()
-        .schedule(Gated {
+    let id = schedule(
+        &first,
+        Gated {
             key: key.clone(),
             n: 1,
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     wait_runs(&key, 1).await;
     let report = within("shutdown", first.shutdown(Duration::from_millis(200))).await;
     assert_eq!(report.overdue.len(), 1, "{report:?}");
-    assert_eq!(
-        store.statuses().await,
-        BTreeMap::from([("Failed".to_owned(), 1)]),
-        "cut off, and left to be run again"
-    );
+    let job = first.durable().job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Waiting, "put back: {job:?}");
+    assert_eq!(job.attempts, 0, "its attempt not spent: {job:?}");
+    assert!(job.errors.is_empty(), "{job:?}");
 
     let second = Background::builder()
         .durable(store.open().await)
@@ -830,12 +1363,8 @@ async fn a_job_cut_off_by_the_grace_period_runs_again_on_the_next_start() {
         .build();
     gate(&key).add_permits(1);
     assert_eq!(wait_runs(&key, 2).await, [1, 1]);
-    within("the job's end", second.wait_idle()).await;
+    wait_state(&second, id, JobState::Completed).await;
     within("shutdown", second.shutdown(Duration::from_secs(5))).await;
-    assert_eq!(
-        store.statuses().await,
-        BTreeMap::from([("Done".to_owned(), 1)])
-    );
 }
 
 #[tokio::test]
@@ -882,7 +1411,7 @@ async fn a_job_the_store_refuses_is_an_error_or_goes_to_the_error_handler() {
                         n: 2,
                     })
                     .await
-                    .map(|id| id.to_string())
+                    .map(|enqueued| format!("{enqueued:?}"))
             }),
         )
         .layer(background.layer());
