@@ -133,6 +133,10 @@ impl BackgroundBuilder {
     /// Registers a periodic task: run every period from one period after the
     /// `Background` has a runtime until its shutdown begins. See [`Periodic`].
     pub fn periodic(mut self, periodic: Periodic) -> Self {
+        #[cfg(feature = "_durable")]
+        if periodic.durable {
+            return self.durable_periodic(periodic);
+        }
         self.extensions.get_or_default::<Schedules>().add(periodic);
         self
     }
@@ -264,11 +268,18 @@ impl Background {
 
     /// The registered periodic tasks, each with its next run and its last.
     pub fn periodic_tasks(&self) -> Vec<PeriodicInfo> {
-        self.shared
+        #[cfg_attr(not(feature = "_durable"), allow(unused_mut))]
+        let mut list = self
+            .shared
             .extensions
             .get::<Schedules>()
             .map(Schedules::list)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        #[cfg(feature = "_durable")]
+        if let Some(durable) = self.shared.extensions.get::<crate::durable::Durable>() {
+            list.extend(durable.periodic_tasks());
+        }
+        list
     }
 
     /// Whether [`shutdown`](Background::shutdown) has begun.

@@ -21,6 +21,7 @@ use axum_background::durable::{
     DurableError, DurableStore, DurableTask, Enqueued, JobId, JobState,
 };
 use axum_background::handler::{IntoErrorHandler, SharedErrorHandler};
+use axum_background::periodic::Periodic;
 use axum_background::{
     Background, BackgroundTask, BoxError, RetryPolicy, TaskConfig, TaskContext, TaskError,
     TaskInfo, Tasks, mode,
@@ -185,6 +186,36 @@ impl BackgroundTask for Gated {
 
 impl DurableTask for Gated {
     const NAME: &'static str = "gated";
+}
+
+/// A periodic run: records the wall-clock time it ran (ms since the epoch).
+#[derive(Serialize, Deserialize)]
+struct Tick {
+    key: String,
+}
+
+impl BackgroundTask for Tick {
+    type Mode = mode::Async;
+    async fn run(self) -> Result<(), BoxError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let ms = u64::try_from(now.as_millis())?;
+        Record {
+            key: self.key,
+            n: ms,
+        }
+        .run()
+        .await
+    }
+}
+
+impl DurableTask for Tick {
+    const NAME: &'static str = "tick";
+}
+
+fn every_second(key: String) -> Periodic {
+    Periodic::every(Duration::from_secs(1), move || Tick { key: key.clone() })
+        .name("tick")
+        .durable()
 }
 
 /// Reads the state the task's `Background` keeps (`.state(Tag(..))`).
@@ -1112,6 +1143,23 @@ fn child_process() {
                 println!("SCHEDULED {id}");
                 std::future::pending::<()>().await;
             }
+            // A process with a durable periodic schedule (and workers): runs
+            // until asked to stop on stdin, or killed.
+            "periodic" => {
+                let background = Background::builder()
+                    .durable(store.open().await)
+                    .register::<Tick>()
+                    .periodic(every_second(store.queue.clone()))
+                    .build();
+                println!("WORKING");
+                let mut line = String::new();
+                let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                tokio::io::AsyncBufReadExt::read_line(&mut stdin, &mut line)
+                    .await
+                    .unwrap();
+                background.shutdown(Duration::from_secs(10)).await;
+                println!("STOPPED");
+            }
             // A worker process: runs jobs until asked to stop on stdin.
             "work" => {
                 let background = Background::builder()
@@ -1431,4 +1479,337 @@ async fn a_job_the_store_refuses_is_an_error_or_goes_to_the_error_handler() {
         "{reported:?}"
     );
     assert_eq!(background.stats().failed, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Durable periodic schedules.
+
+#[tokio::test]
+async fn a_durable_schedule_writes_a_job_per_tick_listed_with_its_next_run() {
+    let store = StoreSpec::sqlite("periodic");
+    let key = store.queue.clone();
+    let background = Background::builder()
+        .durable(store.open().await)
+        .register::<Tick>()
+        .periodic(every_second(key.clone()))
+        .build();
+    let listed = background.periodic_tasks();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "tick");
+    assert!(listed[0].durable);
+    assert_eq!(listed[0].schedule, "every 1s");
+    let next = listed[0].next_run.expect("its next run");
+    assert!(
+        next <= std::time::Instant::now() + Duration::from_secs(1),
+        "{next:?}"
+    );
+
+    let ran = wait_runs(&key, 2).await;
+    let apart = ran[1] - ran[0];
+    assert!(
+        (500..=2500).contains(&apart),
+        "runs {apart} ms apart: {ran:?}"
+    );
+    within("shutdown", background.shutdown(Duration::from_secs(5))).await;
+    assert_settled(background.stats());
+}
+
+#[tokio::test]
+async fn a_durable_schedule_of_an_unregistered_type_fails_every_durable_call_saying_so() {
+    let background = Background::builder()
+        .durable(StoreSpec::sqlite("periodic_unregistered").open().await)
+        .register::<Record>()
+        .periodic(every_second("unregistered".into()))
+        .build();
+    let error = background
+        .durable()
+        .schedule(Record {
+            key: "unregistered".into(),
+            n: 1,
+        })
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("\"tick\" makes a task whose type is not registered"),
+        "{message}"
+    );
+}
+
+/// Runs recorded in `outs` (ms since the epoch), sorted.
+fn recorded(outs: &[PathBuf]) -> Vec<u64> {
+    let mut all: Vec<u64> = outs
+        .iter()
+        .flat_map(|out| {
+            std::fs::read_to_string(out)
+                .unwrap_or_default()
+                .lines()
+                .map(|line| line.parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    all.sort_unstable();
+    all
+}
+
+/// Waits (up to 60 s) until `out` holds at least `count` runs.
+async fn wait_recorded(out: &Path, count: usize) {
+    let wait = async {
+        while recorded(&[out.to_path_buf()]).len() < count {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{} runs not recorded in {out:?} in 60 s", count));
+}
+
+fn ms_now() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(now.as_millis()).unwrap()
+}
+
+/// At most one run per tick: a schedule written by two processes at once
+/// would run about twice as often.
+fn assert_once_per_tick(runs: &[u64], from_ms: u64, to_ms: u64) {
+    let ticks = (to_ms / 1000) - (from_ms / 1000) + 1;
+    assert!(
+        (runs.len() as u64) <= ticks,
+        "{} runs in {ticks} ticks: {runs:?}",
+        runs.len()
+    );
+    let seconds: std::collections::BTreeSet<u64> = runs.iter().map(|ms| ms / 1000).collect();
+    assert!(
+        seconds.len() + 1 >= runs.len(),
+        "runs bunched in the same second: {runs:?}"
+    );
+}
+
+async fn two_processes_run_each_tick_once(store: StoreSpec) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("durable");
+    std::fs::create_dir_all(&dir).unwrap();
+    let outs: Vec<PathBuf> = (0..2)
+        .map(|i| dir.join(format!("{}-{}-periodic{i}.txt", store.queue, unique())))
+        .collect();
+    let from = ms_now();
+    let mut processes: Vec<ChildProcess> = outs
+        .iter()
+        .map(|out| ChildProcess::spawn("periodic", &store, Some(out)))
+        .collect();
+    for process in &mut processes {
+        process.line("WORKING").await;
+    }
+    // Five ticks' worth of runs between them.
+    let wait = async {
+        while recorded(&outs).len() < 5 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("five runs in 60 s");
+    for process in &mut processes {
+        process.stop();
+        process.line("STOPPED").await;
+    }
+    let to = ms_now();
+    assert_once_per_tick(&recorded(&outs), from, to);
+}
+
+#[tokio::test]
+async fn sqlite_two_processes_on_one_schedule_run_each_tick_once() {
+    two_processes_run_each_tick_once(StoreSpec::sqlite("periodic_two")).await;
+}
+
+#[tokio::test]
+async fn postgres_two_processes_on_one_schedule_run_each_tick_once() {
+    if let Some(store) = StoreSpec::postgres("periodic_two").await {
+        two_processes_run_each_tick_once(store).await;
+    }
+}
+
+/// The leader killed: once its lease has passed, the other process leads and
+/// the ticks go on, none run twice.
+async fn ticks_resume_after_the_leader_is_killed(store: StoreSpec) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("durable");
+    std::fs::create_dir_all(&dir).unwrap();
+    let outs: Vec<PathBuf> = ["leader", "follower"]
+        .iter()
+        .map(|role| dir.join(format!("{}-{}-{role}.txt", store.queue, unique())))
+        .collect();
+    let from = ms_now();
+    let mut leader = ChildProcess::spawn("periodic", &store, Some(&outs[0]));
+    leader.line("WORKING").await;
+    // Alone, it leads: its schedule runs.
+    wait_recorded(&outs[0], 2).await;
+    let mut follower = ChildProcess::spawn("periodic", &store, Some(&outs[1]));
+    follower.line("WORKING").await;
+    leader.kill();
+    let killed = ms_now();
+    let before = recorded(&outs[1..]).len();
+    wait_recorded(&outs[1], before + 2).await;
+    follower.stop();
+    follower.line("STOPPED").await;
+    let runs = recorded(&outs);
+    assert!(
+        runs.iter().filter(|&&ms| ms > killed).count() >= 2,
+        "ticks resumed after the kill: {runs:?}"
+    );
+    assert_once_per_tick(&runs, from, ms_now());
+}
+
+#[tokio::test]
+async fn sqlite_ticks_resume_after_the_leader_is_killed() {
+    ticks_resume_after_the_leader_is_killed(StoreSpec::sqlite("periodic_leader")).await;
+}
+
+#[tokio::test]
+async fn postgres_ticks_resume_after_the_leader_is_killed() {
+    if let Some(store) = StoreSpec::postgres("periodic_leader").await {
+        ticks_resume_after_the_leader_is_killed(store).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A Postgres restart mid-run.
+
+/// A Postgres server of the test's own (the shared one must not restart
+/// under the other tests), started from the same installation.
+struct PgServer {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+impl PgServer {
+    fn command(&self, tool: &str) -> Command {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
+        let mut command = if root {
+            let mut runuser = Command::new("runuser");
+            runuser
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join(tool));
+            runuser
+        } else {
+            Command::new(self.bin.join(tool))
+        };
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command
+    }
+
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("Postgres installed under /usr/lib/postgresql")
+            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+            .max()
+            .expect("a Postgres version");
+        let data = std::env::temp_dir().join(format!("axum-background-pg-restart-{}", unique()));
+        std::fs::create_dir_all(&data).unwrap();
+        let _ = Command::new("chown").arg("postgres:").arg(&data).status();
+        let port = 56_000 + u16::try_from(std::process::id() % 1000).unwrap();
+        let server = PgServer { bin, data, port };
+        let status = server
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&server.data)
+            .status()
+            .unwrap();
+        assert!(status.success(), "initdb");
+        server.pg_ctl("start");
+        server
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!("-h 127.0.0.1 -p {} -k {}", self.port, self.data.display());
+        let status = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-m", "fast", "-o", &options, action])
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {action}");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-m", "immediate", "stop"])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_restart_mid_run_loses_no_job() {
+    if StoreSpec::postgres("restart").await.is_none() {
+        return;
+    }
+    const JOBS: u64 = 2_000;
+    let server = PgServer::start();
+    let store = StoreSpec {
+        spec: format!("postgres:{}", server.url()),
+        queue: "restart".into(),
+    };
+    let key = format!("restart-{}", unique());
+    // A short timeout: a job whose outcome the restart kept from the store
+    // is taken back soon.
+    let background = Background::builder()
+        .durable(store.open().await)
+        .register_with::<Record>(
+            TaskConfig::builder()
+                .timeout(Duration::from_secs(1))
+                .build(),
+        )
+        .build();
+    let jobs = (0..JOBS).map(|n| Record {
+        key: key.clone(),
+        n,
+    });
+    background.durable().schedule_many(jobs).await.unwrap();
+    let before = wait_runs(&key, 200).await.len();
+    server.pg_ctl("restart");
+    let restarted = runs(&key).len();
+    eprintln!("restarted after {before}..{restarted} runs");
+
+    let drained = async {
+        loop {
+            match background.durable().wait_drained().await {
+                Ok(()) => return,
+                // The server is coming back: look again.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), drained)
+        .await
+        .expect("drained in 120 s after the restart");
+    let mut ran = runs(&key);
+    ran.sort_unstable();
+    let lost: Vec<u64> = (0..JOBS)
+        .filter(|n| ran.binary_search(n).is_err())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} jobs lost: {:?}..",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    ran.dedup();
+    let rerun = runs(&key).len() - ran.len();
+    eprintln!("{JOBS} jobs, 0 lost, {rerun} run again after the restart");
+    within("shutdown", background.shutdown(Duration::from_secs(5))).await;
 }

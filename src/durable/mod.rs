@@ -91,6 +91,7 @@
 //! not started.
 
 mod jobs;
+mod periodic;
 mod store;
 mod tx;
 mod worker;
@@ -117,6 +118,7 @@ use crate::options::TaskOptions;
 use crate::{BackgroundTask, BoxError, Phase};
 
 pub use jobs::{AttemptError, JobInfo, JobState};
+pub(crate) use periodic::Made;
 pub use store::DurableStore;
 pub use tx::{InTransaction, Transaction};
 use worker::{Engine, Stored};
@@ -270,11 +272,20 @@ type AddWorker = fn(
     &TaskOptions,
 ) -> Result<Duration, riverqueue::Error>;
 
-/// A registered type: its settings, and how the engine runs its jobs.
+/// A registered type: its settings, how the engine runs its jobs, and how a
+/// periodic schedule writes them.
 pub(crate) struct Registration {
     type_id: TypeId,
     options: TaskOptions,
     add_worker: AddWorker,
+    periodic_job: fn(&periodic::Schedule, InsertOpts) -> riverqueue::PeriodicJob,
+}
+
+fn periodic_job<T: DurableTask>(
+    schedule: &periodic::Schedule,
+    base: InsertOpts,
+) -> riverqueue::PeriodicJob {
+    schedule.job::<T>(base)
 }
 
 impl fmt::Debug for Registration {
@@ -292,6 +303,8 @@ pub(crate) struct Durable {
     /// `Some` once the builder was given a store.
     pub(crate) store: Option<DurableStore>,
     pub(crate) registry: HashMap<&'static str, Registration>,
+    /// The durable periodic schedules ([`Periodic::durable`](crate::periodic::Periodic::durable)).
+    pub(crate) schedules: Vec<periodic::Schedule>,
     engine: Engine,
 }
 
@@ -314,6 +327,60 @@ impl Durable {
 
     fn client(&self, shared: &Arc<Shared>) -> Result<&riverqueue::Client, DurableError> {
         self.engine.client(self, shared)
+    }
+
+    /// The insert options every job of `registration`'s type is written with.
+    fn insert_opts(&self, registration: &Registration, store: &DurableStore) -> InsertOpts {
+        InsertOpts::default()
+            .with_queue(store.options.queue.clone())
+            .with_max_attempts(worker::max_attempts(
+                registration.options.retry.as_ref(),
+                store,
+            ))
+    }
+
+    /// The periodic jobs of the durable schedules.
+    ///
+    /// # Errors
+    ///
+    /// A schedule whose task's type is not registered: its message says which.
+    fn periodic_jobs(&self, store: &DurableStore) -> Result<Vec<riverqueue::PeriodicJob>, String> {
+        self.schedules
+            .iter()
+            .map(|schedule| {
+                let registration = self
+                    .registry
+                    .values()
+                    .find(|r| r.type_id == schedule.made.type_id)
+                    .ok_or_else(|| {
+                        format!(
+                            "the durable periodic task \"{}\" makes a task whose type is not \
+                             registered: add `.register::<YourTask>()` to `Background::builder()`",
+                            schedule.name
+                        )
+                    })?;
+                let base = self.insert_opts(registration, store);
+                Ok((registration.periodic_job)(schedule, base))
+            })
+            .collect()
+    }
+
+    /// The durable schedules, as `Background::periodic_tasks` lists them.
+    pub(crate) fn periodic_tasks(
+        &self,
+    ) -> impl Iterator<Item = crate::periodic::PeriodicInfo> + '_ {
+        self.schedules.iter().map(periodic::Schedule::info)
+    }
+}
+
+impl BackgroundBuilder {
+    /// Registers a durable periodic schedule (from `periodic`).
+    pub(crate) fn durable_periodic(mut self, periodic: crate::periodic::Periodic) -> Self {
+        self.extensions
+            .get_or_default::<Durable>()
+            .schedules
+            .push(periodic::Schedule::new(periodic));
+        self
     }
 }
 
@@ -383,6 +450,7 @@ impl BackgroundBuilder {
                     type_id: TypeId::of::<T>(),
                     options,
                     add_worker: worker::add_worker::<T>,
+                    periodic_job: periodic_job::<T>,
                 });
             }
             std::collections::hash_map::Entry::Occupied(_) => tracing::error!(

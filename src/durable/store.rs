@@ -116,10 +116,19 @@ impl DurableStore {
     ///
     /// [`DurableError::Store`] when the tables cannot be set up.
     pub async fn from_sqlite_pool(pool: SqlitePool) -> Result<Self, DurableError> {
-        riverqueue::migrate::SqliteMigrator::new(pool.clone())
-            .migrate_up()
-            .await
-            .map_err(DurableError::store)?;
+        // Two processes opening a new file at once race to create the tables
+        // (the engine's migrator takes no lock of its own): the one that
+        // loses finds them made, and looks again.
+        let migrator = riverqueue::migrate::SqliteMigrator::new(pool.clone());
+        let mut attempt = 1;
+        while let Err(error) = migrator.migrate_up().await {
+            if attempt == 5 {
+                return Err(DurableError::store(error));
+            }
+            tracing::debug!(%error, attempt, "durable tables being set up by another process; retrying");
+            tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            attempt += 1;
+        }
         Ok(DurableStore {
             backend: Backend::Sqlite(pool),
             options: Options::default(),

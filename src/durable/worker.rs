@@ -332,16 +332,17 @@ impl Engine {
     }
 }
 
-fn build(durable: &Durable, shared: Weak<Shared>) -> Result<Client, riverqueue::Error> {
+fn build(durable: &Durable, shared: Weak<Shared>) -> Result<Client, String> {
     let Some(store) = &durable.store else {
-        return Err(riverqueue::Error::ClientStopped);
+        return Err(DurableError::NotConfigured.to_string());
     };
     let o = &store.options;
     let mut workers = riverqueue::worker::Workers::new();
     let mut shortest = None::<Duration>;
     for registration in durable.registry.values() {
         let timeout =
-            (registration.add_worker)(&mut workers, shared.clone(), &registration.options)?;
+            (registration.add_worker)(&mut workers, shared.clone(), &registration.options)
+                .map_err(|error| error.to_string())?;
         shortest = Some(shortest.map_or(timeout, |t| t.min(timeout)));
     }
     // The rescuer looks at jobs running longer than this, then keeps those
@@ -362,6 +363,9 @@ fn build(durable: &Durable, shared: Weak<Shared>) -> Result<Client, riverqueue::
         .fetch_cooldown(o.fetch_cooldown)
         .job_timeout(rescue_after)
         .maintenance(maintenance);
+    for job in durable.periodic_jobs(store)? {
+        builder = builder.periodic_job(job);
+    }
     if o.workers && !durable.registry.is_empty() {
         builder = builder
             .queue(
@@ -371,7 +375,7 @@ fn build(durable: &Durable, shared: Weak<Shared>) -> Result<Client, riverqueue::
             )
             .workers(workers);
     }
-    builder.build()
+    builder.build().map_err(|error| error.to_string())
 }
 
 /// The engine's largest attempt count for a policy: its runs, and the

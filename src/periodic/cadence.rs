@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// When a schedule ticks.
-pub(super) enum Cadence {
+pub(crate) enum Cadence {
     Every(Duration),
     #[cfg(feature = "cron")]
     Cron {
@@ -55,6 +55,34 @@ impl Cadence {
             }
             #[cfg(feature = "cron")]
             Cadence::Cron { .. } => self.after(clock, now),
+        }
+    }
+}
+
+impl Cadence {
+    /// The first tick after wall-clock time `after`, for a schedule every
+    /// process computes alike: a period's multiples since the Unix epoch, or
+    /// the cron times. `None` when the schedule has no time left.
+    #[cfg(feature = "_durable")]
+    pub(crate) fn next_wall(&self, after: std::time::SystemTime) -> Option<std::time::SystemTime> {
+        use std::time::UNIX_EPOCH;
+        match self {
+            Cadence::Every(period) => {
+                let period = period.as_nanos().max(1);
+                let since = after.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+                let next = (since / period + 1).checked_mul(period)?;
+                let secs = u64::try_from(next / 1_000_000_000).ok()?;
+                let nanos = u32::try_from(next % 1_000_000_000).ok()?;
+                UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+            }
+            #[cfg(feature = "cron")]
+            Cadence::Cron { schedule, zone } => {
+                let after: chrono::DateTime<chrono::Utc> = after.into();
+                let next = schedule.after(&after.with_timezone(zone)).next()?;
+                Some(std::time::SystemTime::from(
+                    next.with_timezone(&chrono::Utc),
+                ))
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::name::derived_name;
 use crate::options::TaskOptions;
 use crate::task::IntoBackgroundTask;
 
-use cadence::Cadence;
+pub(crate) use cadence::Cadence;
 #[cfg(feature = "cron")]
 pub use cadence::CronError;
 pub(crate) use schedules::Schedules;
@@ -48,13 +48,20 @@ pub(crate) use schedules::Schedules;
 /// that fails does not stop the schedule.
 #[must_use = "a periodic task does nothing until it is registered with `BackgroundBuilder::periodic`"]
 pub struct Periodic {
-    name: Cow<'static, str>,
-    cadence: Cadence,
-    overlap: Overlap,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) cadence: Cadence,
+    pub(crate) overlap: Overlap,
     missed: MissedTicks,
     jitter: Duration,
     options: TaskOptions,
     run: Arc<RunFn>,
+    /// Whether the schedule writes its runs to the durable store.
+    #[cfg(feature = "_durable")]
+    pub(crate) durable: bool,
+    /// `make`, for a durable schedule: the task it builds, as the store's
+    /// registry looks it up.
+    #[cfg(feature = "_durable")]
+    pub(crate) made: crate::durable::Made,
 }
 
 /// Schedules one run: the task `make` builds, with the run's options.
@@ -106,6 +113,7 @@ impl Periodic {
         F: Fn() -> T + Send + Sync + 'static,
         T: IntoBackgroundTask<M>,
     {
+        let make = Arc::new(make);
         Periodic {
             name: Cow::Borrowed(derived_name(T::type_path())),
             cadence,
@@ -113,6 +121,10 @@ impl Periodic {
             missed: MissedTicks::default(),
             jitter: Duration::ZERO,
             options: TaskOptions::default(),
+            #[cfg(feature = "_durable")]
+            durable: false,
+            #[cfg(feature = "_durable")]
+            made: crate::durable::Made::of(Arc::clone(&make)),
             run: Arc::new(move |shared, options| {
                 crate::schedule::once(shared, make(), None, None, options)
             }),
@@ -196,6 +208,60 @@ impl Periodic {
         self
     }
 
+    /// Runs the schedule from the durable store (features `durable-sqlite`,
+    /// `durable-postgres`): at each tick, one process among those sharing
+    /// the store (the elected leader) writes one job of the task `make`
+    /// builds, a registered [`DurableTask`](crate::durable::DurableTask)
+    /// type, and any worker runs it, with its type's settings. Every process
+    /// that registers the schedule shares it: a tick runs once, however many
+    /// there are, and ticks go on while any of them lives.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use axum_background::{Background, BackgroundTask, BoxError, mode};
+    /// # use axum_background::durable::{DurableStore, DurableTask};
+    /// # use axum_background::periodic::Periodic;
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize)]
+    /// struct PurgeSessions;
+    ///
+    /// impl BackgroundTask for PurgeSessions {
+    ///     type Mode = mode::Async;
+    ///     async fn run(self) -> Result<(), BoxError> { Ok(()) }
+    /// }
+    ///
+    /// impl DurableTask for PurgeSessions {
+    ///     const NAME: &'static str = "purge_sessions";
+    /// }
+    ///
+    /// # async fn run() -> Result<(), BoxError> {
+    /// let background = Background::builder()
+    ///     .durable(DurableStore::sqlite("app.db").await?)
+    ///     .register::<PurgeSessions>()
+    ///     .periodic(Periodic::every(Duration::from_secs(300), || PurgeSessions).durable())
+    ///     .build();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Ticks are wall-clock times that every process computes alike: a
+    /// period's ticks fall on its multiples since the Unix epoch (at least 1
+    /// s), a cron schedule's at its times. A tick while the previous run is
+    /// not finished is skipped unless [`Overlap::Allow`]; ticks missed while
+    /// no process led (the leader died; its lease, 12 s, has to pass) are
+    /// skipped. The jitter and [`config`](Self::config) do not apply (a run
+    /// takes its type's settings), nor does [`MissedTicks::RunOnceLate`].
+    /// If `make` builds a type that is not registered, every durable
+    /// operation of the `Background` fails, saying so.
+    #[cfg(feature = "_durable")]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "durable-sqlite", feature = "durable-postgres")))
+    )]
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
+        self
+    }
+
     /// Each run's options: its shield, timeout and error handler (over the
     /// default config). Its name is the schedule's; a `phase`, `delay` or
     /// `retry` set here does not apply (a run starts at its tick, and a
@@ -237,6 +303,27 @@ pub struct PeriodicInfo {
     /// runtime, and once the schedule has stopped.
     pub next_run: Option<std::time::Instant>,
     /// The last run, if there has been one: its handle says whether it is in
-    /// flight and how it ended.
+    /// flight and how it ended. `None` for a durable schedule (its runs are
+    /// in the store, run by any process).
     pub last_run: Option<TaskHandle>,
+    /// Whether the schedule writes its runs to the durable store
+    /// ([`Periodic::durable`]).
+    pub durable: bool,
+}
+
+impl PeriodicInfo {
+    #[cfg(feature = "_durable")]
+    pub(crate) fn durable(
+        name: Cow<'static, str>,
+        schedule: String,
+        next_run: Option<std::time::Instant>,
+    ) -> Self {
+        PeriodicInfo {
+            name,
+            schedule,
+            next_run,
+            last_run: None,
+            durable: true,
+        }
+    }
 }

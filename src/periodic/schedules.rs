@@ -99,6 +99,7 @@ impl Schedules {
                 schedule: entry.periodic.cadence.to_string(),
                 next_run: lock(&entry.next).map(Instant::into_std),
                 last_run: lock(&entry.last).clone(),
+                durable: false,
             })
             .collect()
     }
