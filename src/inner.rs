@@ -130,6 +130,12 @@ pub(crate) trait Extension: Any + Send + Sync + fmt::Debug {
     /// the shutdown hooks run.
     fn drain(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 
+    /// Whether the drain wrote the task with this id to a store, to run on
+    /// the next start.
+    fn stored(&self, _id: crate::TaskId) -> bool {
+        false
+    }
+
     fn as_any(&self) -> &dyn Any;
 
     fn as_any_mut(&mut self) -> &mut dyn Any;
@@ -172,6 +178,11 @@ impl Extensions {
         for extension in &self.0 {
             extension.close().await;
         }
+    }
+
+    /// Whether a plug-in wrote the task with this id to a store at shutdown.
+    pub(crate) fn stored(&self, id: crate::TaskId) -> bool {
+        self.0.iter().any(|extension| extension.stored(id))
     }
 
     pub(crate) async fn drain(&self, deadline: Instant) {

@@ -31,6 +31,8 @@ pub(crate) fn once<T, M>(
 where
     T: IntoBackgroundTask<M>,
 {
+    #[cfg(feature = "_durable")]
+    let kept = crate::durable::Kept::of(shared, &task);
     let source = TaskSource {
         own_name: task.own_name(),
         type_path: T::type_path(),
@@ -38,7 +40,12 @@ where
         retrying: false,
         admission: Admission::Standard,
     };
-    admit::<T::Mode, _>(shared, source, scope, phase, options)
+    let handle = admit::<T::Mode, _>(shared, source, scope, phase, options);
+    #[cfg(feature = "_durable")]
+    if let Some(kept) = kept {
+        kept.watch(shared, handle.clone());
+    }
+    handle
 }
 
 /// Schedules a task that may run again, under its config's retry policy.
@@ -52,8 +59,15 @@ pub(crate) fn rerunnable<T, M>(
 where
     T: Rerunnable<M>,
 {
+    #[cfg(feature = "_durable")]
+    let kept = crate::durable::Kept::of(shared, &task);
     let source = rerunnable_source(task, Admission::Standard);
-    admit::<T::Mode, _>(shared, source, scope, phase, options)
+    let handle = admit::<T::Mode, _>(shared, source, scope, phase, options);
+    #[cfg(feature = "_durable")]
+    if let Some(kept) = kept {
+        kept.watch(shared, handle.clone());
+    }
+    handle
 }
 
 /// Schedules work already committed to (a job taken out of a durable

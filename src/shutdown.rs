@@ -45,6 +45,9 @@ pub struct ShutdownEntry {
     pub info: TaskInfo,
     /// How it ended.
     pub outcome: Result<(), TaskError>,
+    /// Whether it was written to the durable store to run on the next start
+    /// (a task of a type registered with `persist_on_shutdown`, cut off).
+    pub stored: bool,
 }
 
 impl ShutdownReport {
@@ -173,6 +176,7 @@ impl Background {
                 }
             };
             list.push(ShutdownEntry {
+                stored: shared.extensions.stored(cell.id),
                 info: cell.info(),
                 outcome,
             });

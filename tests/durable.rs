@@ -1813,3 +1813,94 @@ async fn postgres_a_restart_mid_run_loses_no_job() {
     eprintln!("{JOBS} jobs, 0 lost, {rerun} run again after the restart");
     within("shutdown", background.shutdown(Duration::from_secs(5))).await;
 }
+
+// ---------------------------------------------------------------------------
+// In-process tasks of durable types, kept against shutdown.
+
+#[tokio::test]
+async fn tasks_cut_off_by_shutdown_are_stored_and_run_on_the_next_start() {
+    let store = StoreSpec::sqlite("persist");
+    let key = store.queue.clone();
+    let first = Background::builder()
+        .durable(store.open().await)
+        .persist_on_shutdown::<Gated>()
+        .persist_on_shutdown::<Record>()
+        .register::<BlockingRecord>()
+        .build();
+    // Running at shutdown (unshielded: cancelled at once).
+    let running = first.schedule(Gated {
+        key: key.clone(),
+        n: 1,
+    });
+    within("it starts", running.started()).await;
+    wait_runs(&key, 1).await;
+    // Shielded, still running at the deadline: overdue.
+    let overdue_key = format!("{key}-overdue");
+    first.task().shield(true).build().schedule(Gated {
+        key: overdue_key.clone(),
+        n: 5,
+    });
+    wait_runs(&overdue_key, 1).await;
+    // Never started: due in an hour.
+    first
+        .task()
+        .delay(Duration::from_secs(3600))
+        .build()
+        .schedule(Record {
+            key: key.clone(),
+            n: 2,
+        });
+    // Ended before shutdown: not stored.
+    let done = first.schedule(Record {
+        key: key.clone(),
+        n: 3,
+    });
+    within("it ends", done.outcome()).await.unwrap();
+    // A durable type that does not persist: cut off and lost, as any task.
+    first
+        .task()
+        .delay(Duration::from_secs(3600))
+        .build()
+        .schedule(BlockingRecord {
+            key: key.clone(),
+            n: 4,
+        });
+
+    let report = within("shutdown", first.shutdown(Duration::from_millis(200))).await;
+    let stored: Vec<(String, bool)> = report
+        .cancelled
+        .iter()
+        .map(|entry| (entry.info.name.to_string(), entry.stored))
+        .collect();
+    assert_eq!(stored.len(), 3, "{report:?}");
+    assert!(stored.contains(&("Gated".into(), true)), "{stored:?}");
+    assert!(stored.contains(&("Record".into(), true)), "{stored:?}");
+    assert!(
+        stored.contains(&("BlockingRecord".into(), false)),
+        "{stored:?}"
+    );
+    assert!(report.finished.iter().all(|entry| !entry.stored));
+    assert_eq!(report.overdue.len(), 1, "{report:?}");
+    assert!(report.overdue[0].stored, "{report:?}");
+
+    let next = Background::builder()
+        .durable(store.open().await)
+        .register::<Gated>()
+        .register::<Record>()
+        .register::<BlockingRecord>()
+        .build();
+    gate(&key).add_permits(1);
+    gate(&overdue_key).add_permits(1);
+    within("drained", next.durable().wait_drained())
+        .await
+        .unwrap();
+    assert_eq!(runs(&overdue_key), [5, 5], "the overdue one ran again");
+    let mut ran = runs(&key);
+    ran.sort_unstable();
+    assert_eq!(
+        ran,
+        [1, 1, 2, 3],
+        "the cut-off ones ran again, the lost one did not"
+    );
+    within("shutdown", next.shutdown(Duration::from_secs(5))).await;
+}

@@ -91,6 +91,7 @@
 //! not started.
 
 mod jobs;
+mod kept;
 mod periodic;
 mod store;
 mod tx;
@@ -118,6 +119,7 @@ use crate::options::TaskOptions;
 use crate::{BackgroundTask, BoxError, Phase};
 
 pub use jobs::{AttemptError, JobInfo, JobState};
+pub(crate) use kept::Kept;
 pub(crate) use periodic::Made;
 pub use store::DurableStore;
 pub use tx::{InTransaction, Transaction};
@@ -275,10 +277,45 @@ type AddWorker = fn(
 /// A registered type: its settings, how the engine runs its jobs, and how a
 /// periodic schedule writes them.
 pub(crate) struct Registration {
+    name: &'static str,
     type_id: TypeId,
     options: TaskOptions,
     add_worker: AddWorker,
     periodic_job: fn(&periodic::Schedule, InsertOpts) -> riverqueue::PeriodicJob,
+    /// Whether an in-process task of this type cut off by shutdown is
+    /// written to the store ([`BackgroundBuilder::persist_on_shutdown`]).
+    persist: bool,
+    encode: Encode,
+    insert_raw: InsertRaw,
+}
+
+/// A task of the registered type (as `Any`), in its stored form.
+type Encode = fn(&dyn Any) -> Option<Result<Box<serde_json::value::RawValue>, serde_json::Error>>;
+
+/// Writes a task already in its stored form; the job's id.
+type InsertRaw =
+    for<'a> fn(
+        &'a riverqueue::Client,
+        Box<serde_json::value::RawValue>,
+        InsertOpts,
+    ) -> Pin<Box<dyn Future<Output = Result<i64, riverqueue::Error>> + Send + 'a>>;
+
+fn encode<T: DurableTask>(
+    task: &dyn Any,
+) -> Option<Result<Box<serde_json::value::RawValue>, serde_json::Error>> {
+    task.downcast_ref::<T>()
+        .map(serde_json::value::to_raw_value)
+}
+
+fn insert_raw<T: DurableTask>(
+    client: &riverqueue::Client,
+    task: Box<serde_json::value::RawValue>,
+    opts: InsertOpts,
+) -> Pin<Box<dyn Future<Output = Result<i64, riverqueue::Error>> + Send + '_>> {
+    Box::pin(async move {
+        let stored = Stored::<T>::from_raw(task);
+        Ok(client.insert(stored).opts(opts).await?.job.id())
+    })
 }
 
 fn periodic_job<T: DurableTask>(
@@ -305,6 +342,13 @@ pub(crate) struct Durable {
     pub(crate) registry: HashMap<&'static str, Registration>,
     /// The durable periodic schedules ([`Periodic::durable`](crate::periodic::Periodic::durable)).
     pub(crate) schedules: Vec<periodic::Schedule>,
+    /// Whether any type persists on shutdown (a task of another type pays a
+    /// branch).
+    persisting: bool,
+    kept: kept::KeptTasks,
+    /// The `Background`'s shared state, once it has a runtime (shutdown
+    /// stores the kept tasks through it).
+    shared: std::sync::OnceLock<Weak<Shared>>,
     engine: Engine,
 }
 
@@ -374,6 +418,36 @@ impl Durable {
 }
 
 impl BackgroundBuilder {
+    /// Keeps in-process tasks of the durable type `T` against shutdown (and
+    /// registers `T` if it is not yet): a task scheduled in process
+    /// (`tasks.schedule(SendInvoice { .. })`) that shutdown cuts off
+    /// (cancelled, never started, or still running at the deadline) is
+    /// written to the store instead of being lost, and runs on the next
+    /// start; its [`ShutdownEntry::stored`](crate::ShutdownEntry::stored)
+    /// says so. It may have run in part: make it idempotent.
+    ///
+    /// Such a task is serialised when it is scheduled (its type's other
+    /// tasks pay nothing).
+    pub fn persist_on_shutdown<T: DurableTask>(mut self) -> Self {
+        let registered = self
+            .extensions
+            .get_or_default::<Durable>()
+            .registry
+            .get(T::NAME)
+            .is_some_and(|r| r.type_id == TypeId::of::<T>());
+        if !registered {
+            self = self.register::<T>();
+        }
+        let durable = self.extensions.get_or_default::<Durable>();
+        if let Some(registration) = durable.registry.get_mut(T::NAME)
+            && registration.type_id == TypeId::of::<T>()
+        {
+            registration.persist = true;
+            durable.persisting = true;
+        }
+        self
+    }
+
     /// Registers a durable periodic schedule (from `periodic`).
     pub(crate) fn durable_periodic(mut self, periodic: crate::periodic::Periodic) -> Self {
         self.extensions
@@ -386,6 +460,7 @@ impl BackgroundBuilder {
 
 impl Extension for Durable {
     fn on_runtime(&self, shared: &Arc<Shared>, runtime: &Handle) {
+        let _ = self.shared.set(Arc::downgrade(shared));
         self.engine.start(self, shared, runtime);
     }
 
@@ -397,7 +472,18 @@ impl Extension for Durable {
     fn drain(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         // The engine stops hard (putting back what shutdown cut off) and
         // writes its last outcomes; a short flush is allowed past the grace.
-        Box::pin(self.engine.join(deadline, Duration::from_secs(2)))
+        Box::pin(async move {
+            // The tasks cut off are written while the workers take nothing:
+            // they run on the next start (here or elsewhere).
+            if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
+                self.kept.store(self, &shared).await;
+            }
+            self.engine.join(deadline, Duration::from_secs(2)).await;
+        })
+    }
+
+    fn stored(&self, id: crate::TaskId) -> bool {
+        self.kept.is_stored(id)
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -447,10 +533,14 @@ impl BackgroundBuilder {
         match registry.entry(T::NAME) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(Registration {
+                    name: T::NAME,
                     type_id: TypeId::of::<T>(),
                     options,
                     add_worker: worker::add_worker::<T>,
                     periodic_job: periodic_job::<T>,
+                    persist: false,
+                    encode: encode::<T>,
+                    insert_raw: insert_raw::<T>,
                 });
             }
             std::collections::hash_map::Entry::Occupied(_) => tracing::error!(

@@ -57,6 +57,16 @@ impl<T: DurableTask> Stored<T> {
     }
 }
 
+impl<T> Stored<T> {
+    pub(crate) fn from_raw(task: Box<RawValue>) -> Self {
+        Stored {
+            task,
+            unique: None,
+            _task: PhantomData,
+        }
+    }
+}
+
 impl<T: DurableTask> JobArgs for Stored<T> {
     const KIND: &'static str = T::NAME;
 
