@@ -212,6 +212,11 @@ for backend in backends:
         verdicts.append((backend, mode, verdict))
         print(f"| {backend} | {labels[mode]} | {fmt(cr)} | {fmt(rr)} | {fmt(100 * ratio if ratio else None)}% | {goal}: **{verdict}** | "
               f"{fmt(med(c, 'cpu_us_per_job'))} | {fmt(med(r, 'cpu_us_per_job'))} | {pg} | {others(c)} / {others(r)} | {failed} |")
+e2e = [r for r in rows if r["mode"] == "e2e" and not r.get("failed")]
+odd = [r for r in e2e if r["ran"] != r["n"]]
+print()
+print(f"End-to-end runs whose job count was not exactly N when the last job ran: {len(odd)} of {len(e2e)}"
+      + "".join(f"; {r['side']} {r['backend']} round {r['round']}: {r['ran']} of {r['n']}" for r in odd) + ".")
 print()
 print("Per round (rate):")
 print()

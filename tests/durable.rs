@@ -1236,10 +1236,21 @@ async fn killed_while_running(store: StoreSpec) {
     worker.line("RUNNING").await;
     worker.kill();
     let killed_at = std::time::Instant::now();
+    let log = util::Captured::default();
+    let _guard = log.install(tracing::Level::INFO);
     let next = restarted(&store).await;
     let job = next.durable().job(id).await.unwrap();
     assert_eq!(job.state, JobState::Running, "{job:?}");
     next_runs_the_job(next, &store, id).await;
+    // Said at INFO, with the job's id.
+    let rescued: Vec<String> = log
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains("durable job rescued"))
+        .collect();
+    assert_eq!(rescued.len(), 1, "{:?}", log.lines());
+    assert!(rescued[0].contains(" INFO "), "{rescued:?}");
+    assert!(rescued[0].contains(&format!("job={id}")), "{rescued:?}");
     // Timeout 1 s + margin 5 s + a check every 0.2 s, after the dead
     // leader's lease (0.2 s + 10 s).
     let waited = killed_at.elapsed();

@@ -6,7 +6,7 @@ mod util;
 use std::error::Error;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,7 +24,7 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tower::ServiceExt;
 
-use util::{assert_settled, within};
+use util::{Captured, assert_settled, within};
 
 // ---------------------------------------------------------------- helpers
 
@@ -191,50 +191,6 @@ fn assert_panicked_with(error: &TaskError, message: &str) {
         panic!("expected TaskError::Panicked, got {error:?}");
     };
     assert_eq!(&**got, message);
-}
-
-/// A tracing writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Installs a WARN-level subscriber writing here, for this thread only:
-    /// on a current-thread runtime the async tasks log on this thread too.
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        // While only one dispatcher is alive, tracing caches a callsite's
-        // interest from the dispatcher of whichever thread hits it first: a
-        // callsite first hit by a parallel test (no subscriber) would be
-        // "never" for this one too. A second, idle dispatcher kept alive makes
-        // tracing ask every live dispatcher instead.
-        static IDLE: OnceLock<tracing::Dispatch> = OnceLock::new();
-        IDLE.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
 }
 
 // ------------------------------------------ task mode x handler form
@@ -562,7 +518,7 @@ impl ErrorHandler for Pager2 {
 #[tokio::test]
 async fn panicking_error_handler_is_logged() {
     let log = Captured::default();
-    let _guard = log.install();
+    let _guard = log.install(tracing::Level::WARN);
     let background = Background::new();
 
     let handle = background
@@ -817,7 +773,7 @@ async fn unit_and_custom_error_results_give_their_outcomes() {
 #[tokio::test]
 async fn failure_without_handler_is_logged_and_counted() {
     let log = Captured::default();
-    let _guard = log.install();
+    let _guard = log.install(tracing::Level::WARN);
     let background = Background::new();
 
     let handle = background.schedule(Charge {

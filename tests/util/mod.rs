@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -114,4 +114,48 @@ impl Drop for DropFlag {
 /// The tasks of a shutdown report's list.
 pub fn infos(entries: &[axum_background::ShutdownEntry]) -> Vec<axum_background::TaskInfo> {
     entries.iter().map(|entry| entry.info.clone()).collect()
+}
+
+/// A tracing writer into a shared buffer.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Installs a subscriber at `level` writing here, for this thread only:
+    /// on a current-thread runtime the async tasks log on this thread too.
+    pub fn install(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
+        // While only one dispatcher is alive, tracing caches a callsite's
+        // interest from the dispatcher of whichever thread hits it first: a
+        // callsite first hit by a parallel test (no subscriber) would be
+        // "never" for this one too. A second, idle dispatcher kept alive makes
+        // tracing ask every live dispatcher instead.
+        static IDLE: OnceLock<tracing::Dispatch> = OnceLock::new();
+        IDLE.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(level)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
 }
