@@ -1915,3 +1915,44 @@ async fn tasks_cut_off_by_shutdown_are_stored_and_run_on_the_next_start() {
     );
     within("shutdown", next.shutdown(Duration::from_secs(5))).await;
 }
+
+#[tokio::test]
+async fn a_failed_job_waiting_for_its_next_attempt_is_retrying_with_its_error() {
+    let store = StoreSpec::sqlite("retrying");
+    let config = TaskConfig::builder()
+        .retry(
+            RetryPolicy::attempts(3)
+                .backoff(Duration::from_secs(600))
+                .max_backoff(Duration::from_secs(3600))
+                .jitter(false),
+        )
+        .build();
+    let background = Background::builder()
+        .durable(store.open().await)
+        .register_with::<AlwaysFails>(config)
+        .build();
+    let id = schedule(
+        &background,
+        AlwaysFails {
+            key: "retrying".into(),
+        },
+    )
+    .await;
+    wait_state(&background, id, JobState::Retrying).await;
+    let job = background.durable().job(id).await.unwrap();
+    assert_eq!(job.attempts, 1);
+    assert_eq!(job.errors.len(), 1);
+    assert!(
+        job.errors[0].error.contains("the mail server said no"),
+        "{job:?}"
+    );
+    let wait = job.scheduled_at.duration_since(job.errors[0].at).unwrap();
+    assert!(
+        wait >= Duration::from_secs(590),
+        "the policy's backoff: {wait:?}"
+    );
+    assert!(!job.state.is_finished());
+    let cancelled = background.durable().cancel(id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    within("shutdown", background.shutdown(Duration::from_secs(5))).await;
+}
