@@ -103,6 +103,15 @@ impl BackgroundTask for Stall {
     type Mode = mode::Async;
     async fn run(self) -> Result<(), BoxError> {
         if std::env::var_os("DURABLE_CHILD").is_some() {
+            /// Says when the task's future is dropped (its cancellation).
+            struct SayDropped;
+            impl Drop for SayDropped {
+                fn drop(&mut self) {
+                    println!("DROPPED");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            let _dropped = SayDropped;
             println!("RUNNING");
             std::io::stdout().flush()?;
             std::future::pending::<()>().await;
@@ -1127,11 +1136,17 @@ fn child_process() {
                 println!("SCHEDULED {id}");
                 std::future::pending::<()>().await;
             }
-            // A worker that takes a job and dies while running it.
-            "stall" => {
+            // A worker that takes a job and dies while running it ("stall",
+            // a 1 s timeout), or holds it until cancelled ("hold").
+            "stall" | "hold" => {
+                let config = if role == "stall" {
+                    stall_config()
+                } else {
+                    TaskConfig::default()
+                };
                 let background = Background::builder()
                     .durable(store.open().await)
-                    .register_with::<Stall>(stall_config())
+                    .register_with::<Stall>(config)
                     .build();
                 let id = schedule(
                     &background,
@@ -1955,4 +1970,32 @@ async fn a_failed_job_waiting_for_its_next_attempt_is_retrying_with_its_error() 
     let cancelled = background.durable().cancel(id).await.unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
     within("shutdown", background.shutdown(Duration::from_secs(5))).await;
+}
+
+/// A job running in another process is cancelled from this one: its task
+/// there is dropped, and the store says cancelled.
+async fn cancelled_from_another_process(store: StoreSpec) {
+    let mut worker = ChildProcess::spawn("hold", &store, None);
+    let id = worker.job_id("SCHEDULED").await;
+    worker.line("RUNNING").await;
+    let here = Background::builder()
+        .durable(store.open().await.without_workers())
+        .register::<Stall>()
+        .build();
+    let asked = here.durable().cancel(id).await.unwrap();
+    assert_eq!(asked.state, JobState::Running);
+    worker.line("DROPPED").await;
+    wait_state(&here, id, JobState::Cancelled).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_running_job_is_cancelled_from_another_process() {
+    cancelled_from_another_process(StoreSpec::sqlite("cancel_process")).await;
+}
+
+#[tokio::test]
+async fn postgres_a_running_job_is_cancelled_from_another_process() {
+    if let Some(store) = StoreSpec::postgres("cancel_process").await {
+        cancelled_from_another_process(store).await;
+    }
 }
