@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use crate::cancel::{self, CancelOutcome};
 use crate::config::{TaskBuilder, TaskConfig};
 use crate::extractor::Tasks;
+use crate::failures::{DEFAULT_CAPACITY as DEFAULT_FAILURES, RecentFailure, RecentFailures};
 use crate::flow::{Flow, FlowLimit};
 use crate::handle::TaskHandle;
 use crate::hook::{IntoShutdownHook, ShutdownHooks};
@@ -67,6 +68,7 @@ pub struct BackgroundBuilder {
     /// Plug-ins, set up by their own builder methods (`periodic`, `durable`).
     pub(crate) extensions: Extensions,
     flows: HashMap<Cow<'static, str>, FlowLimit>,
+    recent_failures: Option<usize>,
 }
 
 impl BackgroundBuilder {
@@ -141,6 +143,17 @@ impl BackgroundBuilder {
         self
     }
 
+    /// How many recent failures to keep for operators (default 100; 0 keeps
+    /// none): the last tasks that failed, panicked, timed out or were
+    /// rejected, with their error, listed by
+    /// [`Background::recent_failures`] and the admin page. Memory is bounded
+    /// by `n` (a task's info and its error each); a task that completes pays
+    /// nothing.
+    pub fn recent_failures(mut self, n: usize) -> Self {
+        self.recent_failures = Some(n);
+        self
+    }
+
     /// Builds the `Background`.
     ///
     /// Called outside a tokio runtime without [`runtime`](Self::runtime), the
@@ -167,6 +180,7 @@ impl BackgroundBuilder {
                 .into_iter()
                 .map(|(key, limit)| (key, Arc::new(Flow::new(limit))))
                 .collect(),
+            RecentFailures::new(self.recent_failures.unwrap_or(DEFAULT_FAILURES)),
         ));
         if let Some(handle) = self.runtime.or_else(|| Handle::try_current().ok()) {
             shared.set_runtime(handle);
@@ -280,6 +294,13 @@ impl Background {
             list.extend(durable.periodic_tasks());
         }
         list
+    }
+
+    /// The last tasks that failed, panicked, timed out or were rejected,
+    /// newest first (as many as [`BackgroundBuilder::recent_failures`] keeps;
+    /// cancellations are not failures).
+    pub fn recent_failures(&self) -> Vec<RecentFailure> {
+        self.shared.failures.list()
     }
 
     /// Whether [`shutdown`](Background::shutdown) has begun.

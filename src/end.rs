@@ -105,6 +105,7 @@ async fn report(cell: &TaskCell, was_started: bool) {
     if let Some(Err(error)) = cell.decided_outcome() {
         let info = cell.info();
         log_failure(&info, error);
+        cell.shared.failures.record(&info, error);
         if let Some(handler) = &cell.on_error {
             let call = AssertUnwindSafe(handler.call(&info, error)).catch_unwind();
             if let Err(payload) = call.await {

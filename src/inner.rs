@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::cell::TaskCell;
+use crate::failures::RecentFailures;
 use crate::flow::Flow;
 use crate::hook::ShutdownHooks;
 use crate::limits::Limits;
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) unique: UniqueKeys,
     /// The flows, by name or key.
     pub(crate) flows: HashMap<Cow<'static, str>, Arc<Flow>>,
+    /// The last failures, for operators.
+    pub(crate) failures: RecentFailures,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
         limits: Limits,
         extensions: Extensions,
         flows: HashMap<Cow<'static, str>, Arc<Flow>>,
+        failures: RecentFailures,
     ) -> Self {
         Shared {
             registry: Registry::default(),
@@ -65,6 +69,7 @@ impl Shared {
             extensions,
             unique: UniqueKeys::default(),
             flows,
+            failures,
         }
     }
 

@@ -532,6 +532,7 @@ async fn periodic_lists_each_schedule_with_its_next_and_last_run() {
     let next = schedule["next_run_in_ms"].as_u64().expect("a next run");
     assert!(next <= 50, "{list}");
     assert!(schedule["last_run"]["id"].as_u64().is_some(), "{list}");
+    assert_eq!(schedule["durable"], false, "{list}");
     let state = schedule["last_run"]["state"].as_str().expect("a state");
     assert!(
         ["queued", "running", "completed"].contains(&state),
@@ -545,4 +546,66 @@ async fn periodic_lists_each_schedule_with_its_next_and_last_run() {
         Value::Null,
         "{stopped}"
     );
+}
+
+#[tokio::test]
+async fn failures_lists_the_recent_failures_newest_first_escaped() {
+    const NAME: &str = "<script>alert(1)</script>";
+    const ERROR: &str = "<img src=x onerror=alert(1)> & more";
+    let background = Background::new();
+    let routes = Router::new().route(
+        "/orders",
+        post(|tasks: Tasks| async move {
+            tasks
+                .task()
+                .name(NAME)
+                .build()
+                .schedule(async { Err::<(), axum_background::BoxError>(ERROR.into()) });
+        }),
+    );
+    let app = app(&background, routes);
+    background
+        .task()
+        .name("older")
+        .build()
+        .schedule(async { Err::<(), axum_background::BoxError>("first".into()) });
+    within("idle", background.wait_idle()).await;
+    assert_eq!(post_to(&app, "/orders").await.status, StatusCode::OK);
+    within("idle", background.wait_idle()).await;
+    // A cancellation is not a failure.
+    let cancelled = background.schedule(std::future::pending::<()>());
+    let _ = cancelled.cancel();
+    within("idle", background.wait_idle()).await;
+
+    let answer = get(&app, "/admin/failures").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    for raw in ['<', '>', '&'] {
+        assert!(
+            !answer.body.contains(raw),
+            "{raw:?} is escaped: {}",
+            answer.body
+        );
+    }
+    let list = answer.json();
+    let failures = list["failures"].as_array().expect("a list");
+    assert_eq!(failures.len(), 2, "{list}");
+    let newest = &failures[0];
+    assert_eq!(newest["name"], NAME, "{list}");
+    assert_eq!(newest["method"], "POST", "{list}");
+    assert_eq!(newest["path"], "/orders", "{list}");
+    assert_eq!(newest["kind"], "failed", "{list}");
+    assert_eq!(newest["error"], format!("task failed: {ERROR}"), "{list}");
+    assert_eq!(newest["attempts"], 1, "{list}");
+    assert!(
+        newest["ago_ms"].as_u64().is_some_and(|ago| ago < 10_000),
+        "{list}"
+    );
+    assert!(
+        newest["at_unix_ms"]
+            .as_u64()
+            .is_some_and(|at| at > 1_700_000_000_000),
+        "{list}"
+    );
+    assert_eq!(failures[1]["name"], "older", "{list}");
+    assert_eq!(failures[1]["path"], Value::Null, "{list}");
 }

@@ -41,6 +41,7 @@ const CHROMIUM_FLAGS: &[&str] = &[
 ];
 
 const XSS_NAME: &str = "<script>alert(1)</script>";
+const XSS_ERROR: &str = "<img src=x onerror=alert(1)><b>bold</b>";
 
 /// Awaits `future`, failing the test after `seconds`: for the browser's start,
 /// slower than anything `within` covers.
@@ -181,6 +182,9 @@ async fn page_state(client: &Client) -> Value {
             scripts: document.scripts.length,
             periodic: [...document.querySelectorAll("#periodic tbody tr")]
                 .map((row) => [...row.cells].map((cell) => cell.textContent)),
+            failures: [...document.querySelectorAll("#failures tbody tr")]
+                .map((row) => [...row.cells].map((cell) => cell.textContent)),
+            injected: document.querySelectorAll("#failures img, #failures script, #failures b").length,
         };
     "##;
     client
@@ -279,6 +283,15 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         .nest_service("/admin", background.admin_router())
         .layer(background.layer());
     let addr = util::serve(app).await;
+    // A failure for the recent-failures card: its name and error as text.
+    let failed = background
+        .task()
+        .name(XSS_NAME)
+        .build()
+        .schedule(async { Err::<(), axum_background::BoxError>(XSS_ERROR.into()) });
+    within("the failure", failed.outcome())
+        .await
+        .expect_err("it fails");
 
     let response = within(
         "POST /orders",
@@ -357,6 +370,32 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         "{periodic}"
     );
     assert_eq!(periodic[0][3], "none yet", "{periodic}");
+    // The failures card: one row, every string as text.
+    let failures = &state["failures"];
+    assert_eq!(failures.as_array().map(Vec::len), Some(1), "{failures}");
+    assert_eq!(
+        failures[0][0],
+        format!("#{} {XSS_NAME}", failed.id().as_u64()),
+        "{failures}"
+    );
+    assert_eq!(failures[0][1], "", "outside a request: {failures}");
+    assert!(
+        failures[0][2]
+            .as_str()
+            .is_some_and(|when| when.ends_with(" ago")),
+        "{failures}"
+    );
+    assert_eq!(failures[0][3], "1", "{failures}");
+    assert_eq!(failures[0][4], "failed", "{failures}");
+    assert_eq!(
+        failures[0][5],
+        format!("task failed: {XSS_ERROR}"),
+        "{failures}"
+    );
+    assert_eq!(
+        state["injected"], 0,
+        "no element came from a string: {state}"
+    );
     assert_eq!(row(&order.warehouse)["phase"], "after_response");
     assert!(
         state["status"].as_str().unwrap().starts_with("live"),
@@ -426,7 +465,10 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
             .then_some(state)
     })
     .await;
-    assert_eq!(state["stats"]["failed"], 9, "{state}");
+    assert_eq!(
+        state["stats"]["failed"], 10,
+        "the waves' 9 and the card's one: {state}"
+    );
 
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .parent()

@@ -1,14 +1,14 @@
 //! The admin router's JSON: what each endpoint returns, and how it is written.
 
 use std::io;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
 use crate::periodic::PeriodicInfo;
-use crate::{Stats, TaskInfo};
+use crate::{RecentFailure, Stats, TaskInfo};
 
 /// `GET /tasks`.
 #[derive(Serialize)]
@@ -145,8 +145,11 @@ struct PeriodicEntry<'a> {
     schedule: &'a str,
     /// Milliseconds until the next run; `None` (`null`) once stopped.
     next_run_in_ms: Option<u64>,
-    /// The last run: `None` (`null`) before the first.
+    /// The last run: `None` (`null`) before the first, and for a durable
+    /// schedule (its runs are in the store).
     last_run: Option<LastRun>,
+    /// Whether its runs are written to the durable store.
+    durable: bool,
 }
 
 /// The last run of a schedule.
@@ -174,6 +177,67 @@ impl<'a> PeriodicEntry<'a> {
                     None => "queued",
                 },
             }),
+            durable: info.durable,
+        }
+    }
+}
+
+/// `GET /failures`.
+#[derive(Serialize)]
+pub(super) struct FailureList<'a> {
+    failures: Vec<FailureEntry<'a>>,
+}
+
+impl<'a> FailureList<'a> {
+    pub(super) fn new(failures: &'a [RecentFailure], now: SystemTime) -> Self {
+        FailureList {
+            failures: failures
+                .iter()
+                .map(|failure| FailureEntry::new(failure, now))
+                .collect(),
+        }
+    }
+}
+
+/// One failure of `GET /failures`.
+#[derive(Serialize)]
+struct FailureEntry<'a> {
+    id: u64,
+    name: &'a str,
+    phase: &'static str,
+    mode: &'static str,
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    attempts: u32,
+    /// `"failed"`, `"panicked"`, `"timed_out"` or `"rejected"`.
+    kind: &'static str,
+    /// The error's text.
+    error: String,
+    /// When it ended, in milliseconds since the Unix epoch.
+    at_unix_ms: u64,
+    /// How long ago it ended, in milliseconds.
+    ago_ms: u64,
+}
+
+impl<'a> FailureEntry<'a> {
+    fn new(failure: &'a RecentFailure, now: SystemTime) -> Self {
+        let info = &failure.info;
+        FailureEntry {
+            id: info.id.as_u64(),
+            name: &info.name,
+            phase: info.phase.as_str(),
+            mode: info.mode.as_str(),
+            method: info.method.as_ref().map(http::Method::as_str),
+            path: info.path.as_deref(),
+            attempts: info.attempts,
+            kind: failure.error.kind(),
+            error: failure.error.to_string(),
+            at_unix_ms: failure
+                .at
+                .duration_since(UNIX_EPOCH)
+                .map(millis)
+                .unwrap_or(0),
+            ago_ms: now.duration_since(failure.at).map(millis).unwrap_or(0),
         }
     }
 }

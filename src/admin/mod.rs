@@ -10,7 +10,8 @@
 //! | `GET /` | the page: counters, a chart of completions and failures per second over the last minute, the tasks in flight grouped by phase and mode, a cancel button per task; it refreshes itself every second |
 //! | `GET /tasks` | `{"tasks": [..]}`: a snapshot of the tasks in flight, by id |
 //! | `GET /stats` | the [`Stats`](crate::Stats) counters, and `in_flight` |
-//! | `GET /periodic` | `{"periodic": [..]}`: each periodic task with its schedule, the time to its next run and its last run |
+//! | `GET /periodic` | `{"periodic": [..]}`: each periodic task with its schedule, the time to its next run, its last run, and whether it is durable |
+//! | `GET /failures` | `{"failures": [..]}`: the recent failures, newest first (name, request, attempts, kind, error text, when; see [`BackgroundBuilder::recent_failures`](crate::BackgroundBuilder::recent_failures)) |
 //! | `POST /tasks/{id}/cancel` | [`Background::cancel`](crate::Background::cancel): `200` cancelled, `404` unknown id, `409` already ended, `400` malformed id, `403` sent by a browser from another site (see Security) |
 //!
 //! # Security

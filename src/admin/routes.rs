@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 
-use super::json::{self, Cancelled, ErrorBody, PeriodicList, StatsBody, TaskList};
+use super::json::{self, Cancelled, ErrorBody, FailureList, PeriodicList, StatsBody, TaskList};
 use super::page;
 use crate::{Background, CancelOutcome, TaskId};
 
@@ -44,6 +44,7 @@ impl Background {
             .route("/tasks", get(tasks))
             .route("/stats", get(stats))
             .route("/periodic", get(periodic))
+            .route("/failures", get(failures))
             .route("/tasks/{id}/cancel", post(cancel))
             .layer(map_response(admin_headers))
             .with_state(self.clone())
@@ -60,6 +61,15 @@ async fn tasks(State(background): State<Background>) -> Response {
 async fn periodic(State(background): State<Background>) -> Response {
     let infos = background.periodic_tasks();
     json::response(StatusCode::OK, &PeriodicList::new(&infos, Instant::now()))
+}
+
+/// `GET /failures`: the recent failures, newest first.
+async fn failures(State(background): State<Background>) -> Response {
+    let failures = background.recent_failures();
+    json::response(
+        StatusCode::OK,
+        &FailureList::new(&failures, std::time::SystemTime::now()),
+    )
 }
 
 /// `GET /stats`: the counters.
