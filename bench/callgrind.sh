@@ -11,6 +11,7 @@
 # install are left out), for: bare tokio::spawn; the crate without features;
 # then, from examples/cost_probe_options.rs, a plain task against a delayed,
 # a unique and a flow-controlled one (one binary, so that they compare);
+# the crate without blocking detection (what the detector costs);
 # the crate with `metrics` and no recorder; the crate with `metrics` and
 # metrics-exporter-prometheus installed.
 set -euo pipefail
@@ -58,6 +59,7 @@ while read -r label binary variant recorder; do
 done <<'RUNS'
 bare off bare none
 crate off crate none
+crate,no-blocking-detection off crate-undetected none
 crate+metrics,no-recorder metrics crate none
 crate+metrics,prometheus metrics crate prometheus
 RUNS

@@ -63,8 +63,13 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     }
                 }
             }
-            "crate" => {
-                let background = Background::new();
+            "crate" | "crate-undetected" => {
+                let background = if variant == "crate" {
+                    Background::new()
+                } else {
+                    // The same without blocking detection: what it costs.
+                    Background::builder().detect_blocking(None).build()
+                };
                 for _ in 0..tasks / BATCH {
                     for _ in 0..BATCH {
                         drop(background.schedule(async {}));
@@ -76,7 +81,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     return Err(format!("only {} tasks completed", stats.completed).into());
                 }
             }
-            other => return Err(format!("unknown variant {other:?}: bare or crate").into()),
+            other => {
+                return Err(
+                    format!("unknown variant {other:?}: bare, crate or crate-undetected").into(),
+                );
+            }
         }
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     };

@@ -5,10 +5,12 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+use crate::blocking::{DEFAULT_THRESHOLD, Detection};
 use crate::cancel::{self, CancelOutcome};
 use crate::config::{TaskBuilder, TaskConfig};
 use crate::extractor::Tasks;
@@ -69,6 +71,8 @@ pub struct BackgroundBuilder {
     pub(crate) extensions: Extensions,
     flows: HashMap<Cow<'static, str>, FlowLimit>,
     recent_failures: Option<usize>,
+    /// `None` until set: the default threshold.
+    blocking_threshold: Option<Option<Duration>>,
 }
 
 impl BackgroundBuilder {
@@ -154,6 +158,22 @@ impl BackgroundBuilder {
         self
     }
 
+    /// Detects async tasks whose poll holds their runtime worker thread
+    /// longer than `threshold` (on by default, at 100 ms; `None` turns it
+    /// off): such a task is logged once at WARN with its name and the time
+    /// held, counted (`background_tasks_blocking_total` with the `metrics`
+    /// feature), and marked ([`TaskInfo::blocked`](crate::TaskInfo::blocked),
+    /// the admin page). Blocking in an async task stalls every other task
+    /// and request on that worker: move such work to a sync task.
+    ///
+    /// A poll only stamps a coarse tick (a few instructions); a watchdog
+    /// thread, one per process, reads the stamps every quarter threshold.
+    /// The first threshold in a process sets that tick.
+    pub fn detect_blocking(mut self, threshold: Option<Duration>) -> Self {
+        self.blocking_threshold = Some(threshold.map(|t| t.max(Duration::from_millis(4))));
+        self
+    }
+
     /// Builds the `Background`.
     ///
     /// Called outside a tokio runtime without [`runtime`](Self::runtime), the
@@ -171,6 +191,11 @@ impl BackgroundBuilder {
             }),
             overflow: self.overflow,
         };
+        let detection = match self.blocking_threshold {
+            None => Some(DEFAULT_THRESHOLD),
+            Some(threshold) => threshold,
+        }
+        .map(Detection::register);
         let shared = Arc::new(Shared::new(
             self.default_config.options,
             self.hooks,
@@ -181,7 +206,11 @@ impl BackgroundBuilder {
                 .map(|(key, limit)| (key, Arc::new(Flow::new(limit))))
                 .collect(),
             RecentFailures::new(self.recent_failures.unwrap_or(DEFAULT_FAILURES)),
+            detection,
         ));
+        if let Some(detection) = detection {
+            detection.attach(&shared);
+        }
         if let Some(handle) = self.runtime.or_else(|| Handle::try_current().ok()) {
             shared.set_runtime(handle);
         }

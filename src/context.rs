@@ -105,8 +105,19 @@ pub(crate) fn enter<R>(cell: &Arc<TaskCell>, f: impl FnOnce() -> R) -> R {
         }
     }
 
+    /// Clears the thread's blocking stamp, on return and on unwind alike.
+    struct Polled<'a>(&'a TaskCell);
+
+    impl Drop for Polled<'_> {
+        fn drop(&mut self) {
+            crate::blocking::poll_ends(self.0);
+        }
+    }
+
     let previous = CURRENT.try_with(|current| current.replace(Some(Arc::clone(cell))));
     let _restore = previous.ok().map(Restore);
+    crate::blocking::poll_begins(cell);
+    let _polled = Polled(cell);
     f()
 }
 

@@ -410,6 +410,7 @@ mod tests {
             method: None,
             path: None,
             attempts: 0,
+            blocked: None,
         }
     }
 

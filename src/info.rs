@@ -62,6 +62,10 @@ pub struct TaskInfo {
     pub path: Option<Arc<str>>,
     /// How many times it has been started (0 before its first run).
     pub attempts: u32,
+    /// The longest one of its polls was seen holding its runtime worker
+    /// thread, if it ever held it past the blocking threshold (an async task
+    /// only; see [`BackgroundBuilder::detect_blocking`](crate::BackgroundBuilder::detect_blocking)).
+    pub blocked: Option<std::time::Duration>,
 }
 
 /// What a task's [`TaskInfo`](crate::TaskInfo) records of its request.

@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
+use crate::blocking::Detection;
 use crate::cell::TaskCell;
 use crate::failures::RecentFailures;
 use crate::flow::Flow;
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) flows: HashMap<Cow<'static, str>, Arc<Flow>>,
     /// The last failures, for operators.
     pub(crate) failures: RecentFailures,
+    /// `Some` when polls that hold their thread are detected.
+    pub(crate) detection: Option<Detection>,
 }
 
 impl Shared {
@@ -57,6 +60,7 @@ impl Shared {
         extensions: Extensions,
         flows: HashMap<Cow<'static, str>, Arc<Flow>>,
         failures: RecentFailures,
+        detection: Option<Detection>,
     ) -> Self {
         Shared {
             registry: Registry::default(),
@@ -70,6 +74,7 @@ impl Shared {
             unique: UniqueKeys::default(),
             flows,
             failures,
+            detection,
         }
     }
 

@@ -109,6 +109,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
 mod background;
+mod blocking;
 mod cancel;
 mod cell;
 pub mod config;

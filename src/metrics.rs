@@ -36,6 +36,7 @@ mod enabled {
     const QUEUED: &str = "background_tasks_queued";
     const QUEUE_WAIT: &str = "background_task_queue_wait_seconds";
     const RUN: &str = "background_task_run_seconds";
+    const BLOCKING: &str = "background_tasks_blocking_total";
     const OUTCOMES: usize = OutcomeKind::ALL.len();
 
     /// The handles of one task name in one phase.
@@ -47,6 +48,7 @@ mod enabled {
         pub(super) run: [Histogram; OUTCOMES],
         pub(super) in_flight: Gauge,
         pub(super) queued: Gauge,
+        pub(super) blocking: Counter,
     }
 
     /// A `Background`'s metric handles, registered with the recorder
@@ -137,6 +139,7 @@ mod enabled {
                 }),
                 in_flight: metrics::gauge!(IN_FLIGHT),
                 queued: metrics::gauge!(QUEUED),
+                blocking: metrics::counter!(BLOCKING, "name" => name.clone(), "phase" => phase),
             });
             Arc::clone(self.by_task.entry(key).or_insert(made).value())
         }
@@ -212,6 +215,13 @@ impl TaskMetrics {
             instruments.queued.decrement(1.0);
             instruments.queue_wait.record(waited.as_secs_f64());
         }
+    }
+
+    /// The task was seen blocking its runtime worker thread (once per task).
+    #[inline]
+    pub(crate) fn blocked(&self) {
+        #[cfg(feature = "metrics")]
+        self.instruments.blocking.increment(1);
     }
 
     /// The task ended with `outcome`; `was_started` says whether it ran,

@@ -163,4 +163,19 @@ async fn tasks_are_counted_timed_and_gauged_by_name_phase_and_outcome() {
     }
     assert_eq!(gauge(&metrics, "background_tasks_in_flight"), 0.0);
     assert_eq!(gauge(&metrics, "background_tasks_queued"), 0.0);
+
+    // A task blocking its worker thread is counted once, by name.
+    let blocks = background
+        .task()
+        .name("blocks")
+        .build()
+        .schedule(async { std::thread::sleep(std::time::Duration::from_millis(400)) });
+    within("the blocking task", blocks.outcome()).await.unwrap();
+    assert!(blocks.info().blocked.is_some(), "marked");
+    read(&snapshotter, &mut metrics);
+    let blocking = [("name", "blocks"), ("phase", "immediate")];
+    assert_eq!(
+        counter(&metrics, "background_tasks_blocking_total", &blocking),
+        1
+    );
 }

@@ -81,6 +81,9 @@ pub(crate) struct TaskCell {
     /// nothing for the other.)
     started: AtomicU64,
     attempts: AtomicU32,
+    /// The longest a poll was seen holding its thread, in milliseconds (0:
+    /// never); see `blocking`.
+    blocked_ms: AtomicU32,
     cancel_requested: AtomicBool,
     /// The running future's waker, woken by `request_cancel`.
     waker: AtomicWaker,
@@ -124,6 +127,7 @@ impl TaskCell {
             state: TaskState::new(),
             started: AtomicU64::new(0),
             attempts: AtomicU32::new(0),
+            blocked_ms: AtomicU32::new(0),
             cancel_requested: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             token: OnceLock::new(),
@@ -154,7 +158,20 @@ impl TaskCell {
             path: self.request.as_ref().map(|r| r.path.clone()),
             // Relaxed: a count for display; nothing is published through it.
             attempts: self.attempts.load(Ordering::Relaxed),
+            // Relaxed: for display, as `attempts`.
+            blocked: match self.blocked_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(std::time::Duration::from_millis(u64::from(ms))),
+            },
         }
+    }
+
+    /// A poll has held its thread for `held`: kept if the longest yet; true
+    /// the first time.
+    pub(crate) fn mark_blocked(&self, held: std::time::Duration) -> bool {
+        let ms = u32::try_from(held.as_millis()).unwrap_or(u32::MAX).max(1);
+        // Relaxed: only the watchdog thread writes it, and readers display it.
+        self.blocked_ms.fetch_max(ms, Ordering::Relaxed) == 0
     }
 
     /// `QUEUED -> RUNNING`, counted before anyone is told; false if the task
