@@ -241,6 +241,15 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
+    /// Whether every `max_in_flight` slot is taken, whatever the overflow
+    /// policy: a task scheduled now would be rejected or would queue. One
+    /// atomic load; `false` without `max_in_flight`.
+    pub(crate) fn is_saturated(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|(slots, _)| slots.available_permits() == 0)
+    }
+
     /// The in-flight permit for a task about to start; `Err` when the limit
     /// is reached and the policy is to reject.
     ///

@@ -3,7 +3,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::Response;
+use http::{HeaderValue, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 
 use super::{PhaseGuard, ResponseBody};
@@ -15,16 +15,40 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
-        // Dropped before completion (client gone, outer timeout, panic caught
-        // further out): the request has ended, its deferred tasks start.
-        guard: PhaseGuard,
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        /// The request goes to the inner service.
+        Inner {
+            #[pin]
+            inner: F,
+            // Dropped before completion (client gone, outer timeout, panic
+            // caught further out): the request has ended, its deferred tasks
+            // start.
+            guard: PhaseGuard,
+        },
+        /// The request was shed (`shed_when_saturated`): a 503, at once.
+        Shed {
+            retry_after: HeaderValue,
+        },
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(super) fn new(inner: F, guard: PhaseGuard) -> Self {
-        ResponseFuture { inner, guard }
+        ResponseFuture {
+            kind: Kind::Inner { inner, guard },
+        }
+    }
+
+    pub(super) fn shed(retry_after: HeaderValue) -> Self {
+        ResponseFuture {
+            kind: Kind::Shed { retry_after },
+        }
     }
 }
 
@@ -32,13 +56,19 @@ impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: http_body::Body,
+    B::Data: From<&'static str>,
 {
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        let scope = this.guard.scope.take();
+        let (inner, guard) = match self.project().kind.project() {
+            KindProj::Inner { inner, guard } => (inner, guard),
+            KindProj::Shed { retry_after } => {
+                return Poll::Ready(Ok(shed_response(retry_after.clone())));
+            }
+        };
+        let result = ready!(inner.poll(cx));
+        let scope = guard.scope.take();
         Poll::Ready(match result {
             Ok(response) => {
                 if let Some(scope) = &scope {
@@ -60,10 +90,38 @@ where
     }
 }
 
+/// The body of a shed request's 503.
+const SHED_MESSAGE: &str = "service busy, retry later\n";
+
+/// A shed request's answer: 503, `Retry-After`, a short plain-text body.
+fn shed_response<B>(retry_after: HeaderValue) -> Response<ResponseBody<B>>
+where
+    B::Data: From<&'static str>,
+    B: http_body::Body,
+{
+    let mut response = Response::new(ResponseBody::shed(SHED_MESSAGE));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, retry_after);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("pending", &self.guard.scope)
-            .finish_non_exhaustive()
+        match &self.kind {
+            Kind::Inner { guard, .. } => f
+                .debug_struct("ResponseFuture")
+                .field("pending", &guard.scope)
+                .finish_non_exhaustive(),
+            Kind::Shed { retry_after } => f
+                .debug_struct("ResponseFuture")
+                .field("shed", &true)
+                .field("retry_after", retry_after)
+                .finish(),
+        }
     }
 }

@@ -6,6 +6,10 @@
 //!   response (and both phases if it is dropped before then);
 //! - [`ResponseBody`] fires after-response once: at the end of the stream, on a
 //!   body error, or when the body is dropped early.
+//!
+//! With [`BackgroundLayer::shed_when_saturated`], `call` first reads whether
+//! every `max_in_flight` slot is taken; if so the request gets a 503 with
+//! `Retry-After` and never reaches the inner service.
 
 mod body;
 mod future;
