@@ -1588,3 +1588,22 @@ async fn unshielded_task_queued_for_an_in_flight_slot_never_starts_once_shutdown
         [holder.id(), between.id(), queued.id()]
     );
 }
+
+/// Once a task has ended (its handle or `wait_idle` says so), its slot is free:
+/// the next task is never rejected for it, on any runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_task_has_given_back_its_slot() {
+    let background = Background::builder()
+        .max_in_flight(1)
+        .overflow(OverflowPolicy::Reject)
+        .build();
+    for n in 0..2_000 {
+        let handle = background.schedule(async {});
+        let outcome = within("the task", handle.outcome()).await;
+        assert!(outcome.is_ok(), "task {n}: {outcome:?}");
+        let failing = background.schedule(async { Err::<(), _>("no") });
+        let _ = within("the failing task", failing.outcome()).await;
+        within("idle", background.wait_idle()).await;
+    }
+    assert_eq!(background.stats().rejected, 0);
+}

@@ -84,11 +84,11 @@ impl<A: Attempts> Job<A> {
         if !(slot_held && thread_held) {
             drop(ticket.take());
         }
-        // Held until the task has been reported.
-        let mut _slot = None;
+        // Held while the task runs: given back before it ends (see below).
+        let mut slot_permit = None;
         if let Some(slot) = self.slot.take() {
             match until_cancelled(&cell, slot.acquire()).await {
-                Some(Some(permit)) => _slot = Some(permit),
+                Some(Some(permit)) => slot_permit = Some(permit),
                 _ => return self.end_unstarted(),
             }
         }
@@ -159,6 +159,9 @@ impl<A: Attempts> Job<A> {
                 (result, _) => break result,
             }
         };
+        // The slot goes back before the task ends: once `wait_idle` or its
+        // handle says it has ended, a task scheduled next finds the slot free.
+        drop(slot_permit);
         if let Ending::Report(report) = end::end(&cell, outcome, How::Runner) {
             report.await;
         }

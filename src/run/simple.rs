@@ -40,7 +40,7 @@ impl<A: Attempts> Job<A> {
             stage,
             guard: self.guard,
             ticket: self.ticket,
-            _slot: slot,
+            slot,
         }
     }
 }
@@ -73,8 +73,8 @@ pin_project! {
         // `Some` until passed: before a sync task's work is called, after an
         // async task's first poll.
         ticket: Option<Ticket>,
-        // Held until the task has been reported.
-        _slot: Option<OwnedSemaphorePermit>,
+        // Held while the task runs; given back just before it ends.
+        slot: Option<OwnedSemaphorePermit>,
     }
 
     impl<W> PinnedDrop for SimpleRun<W> {
@@ -145,6 +145,9 @@ where
             stage.set(Stage::Done);
             Poll::Ready(outcome)
         }));
+        // The slot goes back before the task ends: once `wait_idle` or its
+        // handle says it has ended, a task scheduled next finds the slot free.
+        drop(this.slot.take());
         match end::end(cell, outcome, How::Runner) {
             Ending::Lost | Ending::Ended => Poll::Ready(()),
             Ending::Report(mut report) => {
