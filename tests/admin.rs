@@ -76,6 +76,52 @@ fn keys(value: &Value) -> BTreeSet<&str> {
         .collect()
 }
 
+/// The keys of `GET /tasks`.
+const LIST_KEYS: [&str; 10] = [
+    "in_flight",
+    "groups",
+    "groups_omitted",
+    "tasks_in_omitted_groups",
+    "total",
+    "older",
+    "limit",
+    "tasks",
+    "next_after",
+    "prev_before",
+];
+
+/// The ids of a page of `GET /tasks`, in order.
+fn ids_of(list: &Value) -> Vec<u64> {
+    list["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("tasks is an array: {list}"))
+        .iter()
+        .map(|task| task["id"].as_u64().expect("an id"))
+        .collect()
+}
+
+/// Schedules `n` tasks named `name` that never end by themselves, and
+/// waits until they have started.
+async fn park(background: &Background, name: &str, n: usize) -> Vec<TaskHandle> {
+    let handles: Vec<TaskHandle> = (0..n)
+        .map(|_| {
+            background
+                .task()
+                .name(name.to_owned())
+                .build()
+                .schedule(std::future::pending::<()>())
+        })
+        .collect();
+    for handle in &handles {
+        within("the task to start", handle.started()).await;
+    }
+    handles
+}
+
+fn id_list(handles: &[TaskHandle]) -> Vec<u64> {
+    handles.iter().map(|handle| handle.id().as_u64()).collect()
+}
+
 fn task_with_id(tasks: &Value, handle: &TaskHandle) -> Value {
     let id = handle.id().as_u64();
     tasks["tasks"]
@@ -148,15 +194,14 @@ async fn tasks_lists_each_task_in_flight_with_its_state_and_request() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.headers[header::CONTENT_TYPE], "application/json");
     let tasks = answer.json();
-    assert_eq!(keys(&tasks), BTreeSet::from(["tasks"]));
-    let ids: Vec<u64> = tasks["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|task| task["id"].as_u64().unwrap())
-        .collect();
+    assert_eq!(keys(&tasks), BTreeSet::from(LIST_KEYS));
+    let ids = ids_of(&tasks);
     assert_eq!(ids.len(), 5, "{tasks}");
     assert!(ids.is_sorted(), "by id: {ids:?}");
+    assert_eq!(
+        (&tasks["in_flight"], &tasks["total"]),
+        (&5.into(), &5.into())
+    );
 
     let welcome_json = task_with_id(&tasks, &welcome);
     assert_eq!(
@@ -226,7 +271,350 @@ async fn tasks_lists_each_task_in_flight_with_its_state_and_request() {
     release_sync.send(()).unwrap();
     within("idle", background.wait_idle()).await;
     let answer = get(&app, "/admin/tasks").await;
-    assert_eq!(answer.json(), serde_json::json!({ "tasks": [] }));
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({
+            "in_flight": 0, "groups": [], "groups_omitted": 0, "tasks_in_omitted_groups": 0,
+            "total": 0, "older": 0, "limit": 50, "tasks": [],
+            "next_after": null, "prev_before": null,
+        })
+    );
+}
+
+#[tokio::test]
+async fn tasks_are_grouped_by_name_phase_mode_and_state_with_counts_oldest_group_first() {
+    let test_started = Instant::now();
+    let background = Background::builder().max_blocking(1).build();
+    let app = app(&background, Router::new());
+    let (release, waits) = std::sync::mpsc::channel::<()>();
+    let resize = background.task().name("resize").build().schedule(move || {
+        let _ = waits.recv();
+    });
+    within("the sync task to start", resize.started()).await;
+    let queued: Vec<TaskHandle> = (0..2)
+        .map(|_| background.task().name("resize").build().schedule(|| ()))
+        .collect();
+    let mail = park(&background, "mail", 3).await;
+    let audit = background
+        .task()
+        .name("audit")
+        .phase(Phase::AfterResponse)
+        .build()
+        .schedule(std::future::pending::<()>());
+    within("the task to start", audit.started()).await;
+    let more_mail = park(&background, "mail", 1).await;
+
+    let list = get(&app, "/admin/tasks").await.json();
+    assert_eq!(list["in_flight"], 8, "{list}");
+    let groups: Vec<Value> = list["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|group| {
+            let age = group["oldest_age_ms"].as_u64().expect("an age");
+            assert!(
+                u128::from(age) <= test_started.elapsed().as_millis(),
+                "{group}"
+            );
+            let mut group = group.clone();
+            group.as_object_mut().unwrap().remove("oldest_age_ms");
+            group
+        })
+        .collect();
+    // The group of the oldest task first: resize (running), resize (queued),
+    // mail, audit.
+    assert_eq!(
+        groups,
+        [
+            serde_json::json!({"name": "resize", "phase": "immediate", "mode": "sync", "state": "running", "count": 1}),
+            serde_json::json!({"name": "resize", "phase": "immediate", "mode": "sync", "state": "queued", "count": 2}),
+            serde_json::json!({"name": "mail", "phase": "immediate", "mode": "async", "state": "running", "count": 4}),
+            serde_json::json!({"name": "audit", "phase": "after_response", "mode": "async", "state": "running", "count": 1}),
+        ],
+        "{list}"
+    );
+    // A group's age is its oldest task's.
+    let mail_group = &list["groups"][2];
+    let oldest_mail = task_with_id(&list, &mail[0]);
+    assert!(
+        mail_group["oldest_age_ms"].as_u64() >= oldest_mail["age_ms"].as_u64(),
+        "{list}"
+    );
+    assert!(
+        mail_group["oldest_age_ms"].as_u64()
+            >= task_with_id(&list, &more_mail[0])["age_ms"].as_u64(),
+        "{list}"
+    );
+    assert_eq!(
+        (&list["groups_omitted"], &list["tasks_in_omitted_groups"]),
+        (&0.into(), &0.into())
+    );
+
+    release.send(()).unwrap();
+    let _ = background.shutdown(std::time::Duration::from_secs(5)).await;
+    assert!(queued.iter().all(TaskHandle::is_finished));
+}
+
+#[tokio::test]
+async fn tasks_are_paged_oldest_first_by_id_and_a_page_stays_put_when_tasks_end() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    let parked = park(&background, "parked", 25).await;
+    let ids = id_list(&parked);
+
+    // Forward, ten at a time.
+    let first = get(&app, "/admin/tasks?limit=10").await.json();
+    assert_eq!(ids_of(&first), ids[..10], "{first}");
+    assert_eq!(
+        (
+            &first["total"],
+            &first["older"],
+            &first["limit"],
+            &first["prev_before"]
+        ),
+        (&25.into(), &0.into(), &10.into(), &Value::Null),
+        "{first}"
+    );
+    assert_eq!(first["next_after"], ids[9], "{first}");
+    let uri = format!("/admin/tasks?limit=10&after={}", first["next_after"]);
+    let second = get(&app, &uri).await.json();
+    assert_eq!(ids_of(&second), ids[10..20], "{second}");
+    assert_eq!(second["older"], 10, "{second}");
+    assert_eq!(second["prev_before"], ids[10], "{second}");
+    let uri = format!("/admin/tasks?limit=10&after={}", second["next_after"]);
+    let third = get(&app, &uri).await.json();
+    assert_eq!(ids_of(&third), ids[20..], "{third}");
+    assert_eq!(
+        (&third["older"], &third["next_after"]),
+        (&20.into(), &Value::Null)
+    );
+
+    // And back.
+    let uri = format!("/admin/tasks?limit=10&before={}", third["prev_before"]);
+    let back = get(&app, &uri).await.json();
+    assert_eq!(ids_of(&back), ids[10..20], "{back}");
+    assert_eq!(
+        (&back["older"], &back["next_after"]),
+        (&10.into(), &ids[19].into())
+    );
+    assert_eq!(back["prev_before"], ids[10], "{back}");
+    let newest = get(&app, "/admin/tasks?limit=10&before=18446744073709551615")
+        .await
+        .json();
+    assert_eq!(ids_of(&newest), ids[15..], "{newest}");
+    assert_eq!(
+        (&newest["older"], &newest["next_after"]),
+        (&15.into(), &Value::Null)
+    );
+
+    // The oldest five and two of the second page end: the page after the
+    // first still starts where it did, and nothing is skipped.
+    for handle in parked[..5].iter().chain(&parked[10..12]) {
+        assert!(handle.cancel().is_cancelled());
+        let _ = within("the cancel", handle.outcome()).await;
+    }
+    let uri = format!("/admin/tasks?limit=10&after={}", first["next_after"]);
+    let second_again = get(&app, &uri).await.json();
+    assert_eq!(ids_of(&second_again), ids[12..22], "{second_again}");
+    assert_eq!(
+        (&second_again["total"], &second_again["older"]),
+        (&18.into(), &5.into()),
+        "{second_again}"
+    );
+    let first_again = get(&app, "/admin/tasks?limit=10").await.json();
+    assert_eq!(
+        ids_of(&first_again),
+        [&ids[5..10], &ids[12..17]].concat(),
+        "{first_again}"
+    );
+
+    // Past the end: an empty page that points back.
+    let uri = format!("/admin/tasks?after={}", ids[24]);
+    let past = get(&app, &uri).await.json();
+    assert_eq!(ids_of(&past), Vec::<u64>::new(), "{past}");
+    assert_eq!(
+        (&past["older"], &past["next_after"]),
+        (&18.into(), &Value::Null)
+    );
+    assert_eq!(past["prev_before"], ids[24] + 1, "{past}");
+
+    let _ = background.shutdown(std::time::Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn filters_keep_the_page_to_one_group_and_the_groups_count_every_task() {
+    let background = Background::builder().max_blocking(1).build();
+    let app = app(&background, Router::new());
+    let (release, waits) = std::sync::mpsc::channel::<()>();
+    let busy = background
+        .task()
+        .name("mail <b>")
+        .build()
+        .schedule(move || {
+            let _ = waits.recv();
+        });
+    within("the sync task to start", busy.started()).await;
+    let queued = background.task().name("mail <b>").build().schedule(|| ());
+    let mail = park(&background, "mail <b>", 3).await;
+    let audit = background
+        .task()
+        .name("audit")
+        .phase(Phase::AfterRoute)
+        .build()
+        .schedule(std::future::pending::<()>());
+    within("the task to start", audit.started()).await;
+
+    let page = async |query: &str| {
+        let list = get(&app, &format!("/admin/tasks?{query}")).await.json();
+        assert_eq!(list["in_flight"], 6, "{query}: {list}");
+        assert_eq!(
+            list["groups"].as_array().map(Vec::len),
+            Some(4),
+            "{query}: {list}"
+        );
+        (ids_of(&list), list["total"].as_u64().unwrap())
+    };
+    let mail_ids = id_list(&mail);
+    assert_eq!(
+        page("name=mail+%3Cb%3E&mode=async").await,
+        (mail_ids.clone(), 3)
+    );
+    assert_eq!(
+        page("name=mail%20%3Cb%3E&mode=sync&state=queued").await,
+        (vec![queued.id().as_u64()], 1)
+    );
+    assert_eq!(
+        page("name=mail+%3Cb%3E&state=running").await,
+        ([vec![busy.id().as_u64()], mail_ids.clone()].concat(), 4)
+    );
+    assert_eq!(
+        page("phase=after_route").await,
+        (vec![audit.id().as_u64()], 1)
+    );
+    assert_eq!(page("phase=after_response").await, (vec![], 0));
+    assert_eq!(page("name=mail").await, (vec![], 0), "names match whole");
+    // Filters and cursors together.
+    let (ids, total) = page(&format!(
+        "name=mail+%3Cb%3E&mode=async&limit=2&after={}",
+        mail_ids[0]
+    ))
+    .await;
+    assert_eq!((ids, total), (mail_ids[1..].to_vec(), 3));
+
+    release.send(()).unwrap();
+    let _ = background.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_limit_is_50_by_default_and_clamped_to_1_and_500() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    let parked = park(&background, "parked", 600).await;
+    let ids = id_list(&parked);
+    for (query, length) in [
+        ("", 50),
+        ("?limit=0", 1),
+        ("?limit=1", 1),
+        ("?limit=500", 500),
+        ("?limit=100000", 500),
+    ] {
+        let list = get(&app, &format!("/admin/tasks{query}")).await.json();
+        assert_eq!(ids_of(&list), ids[..length], "{query}");
+        assert_eq!(list["limit"], length, "{query}");
+        assert_eq!(list["next_after"], ids[length - 1], "{query}");
+    }
+    let _ = background.shutdown(std::time::Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn past_100_groups_the_largest_are_listed_and_the_rest_counted() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    let mut handles = Vec::new();
+    for group in 0..103 {
+        let n = if group >= 100 { 2 } else { 1 };
+        handles.extend(park(&background, &format!("tenant {group}"), n).await);
+    }
+    let answer = get(&app, "/admin/tasks?limit=1").await;
+    assert!(answer.body.len() < 16 * 1024, "{} bytes", answer.body.len());
+    let list = answer.json();
+    let names: Vec<&str> = list["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|group| group["name"].as_str().unwrap())
+        .collect();
+    // The largest three, then the oldest among the groups of one task;
+    // listed oldest first.
+    let kept: Vec<String> = (0..97)
+        .chain(100..103)
+        .map(|group| format!("tenant {group}"))
+        .collect();
+    assert_eq!(names, kept, "the largest groups");
+    // The oldest task of all still heads the page.
+    assert_eq!(ids_of(&list), [handles[0].id().as_u64()], "{list}");
+    assert_eq!(
+        (
+            &list["in_flight"],
+            &list["groups_omitted"],
+            &list["tasks_in_omitted_groups"]
+        ),
+        (&106.into(), &3.into(), &3.into()),
+        "{list}"
+    );
+    let _ = background.shutdown(std::time::Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn a_bad_query_is_400_saying_what_is_expected() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    for (query, says) in [
+        (
+            "limit=ten",
+            "invalid limit \"ten\": a number of tasks, as in limit=50 (at most 500)",
+        ),
+        ("limit=-5", "invalid limit \"-5\""),
+        (
+            "after=abc",
+            "invalid after \"abc\": a task id, as in after=42",
+        ),
+        (
+            "before=-1",
+            "invalid before \"-1\": a task id, as in before=42",
+        ),
+        ("after=1&before=9", "give after or before, not both"),
+        (
+            "phase=later",
+            "invalid phase \"later\": one of immediate, after_route, after_response",
+        ),
+        (
+            "mode=blocking",
+            "invalid mode \"blocking\": one of async, sync",
+        ),
+        (
+            "state=done",
+            "invalid state \"done\": one of queued, running",
+        ),
+        ("limit=5&limit=6", "limit is given twice"),
+        ("name=%FF", "invalid name: not UTF-8 once decoded"),
+    ] {
+        let answer = get(&app, &format!("/admin/tasks?{query}")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            answer.body
+        );
+        assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+        let error = answer.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.starts_with(says), "{query}: {error}");
+    }
+    // What is not a parameter of the list is left alone; empty is absent.
+    for query in ["utm_source=mail", "limit=&after=&name=", "x"] {
+        let answer = get(&app, &format!("/admin/tasks?{query}")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{query}: {}", answer.body);
+    }
 }
 
 #[tokio::test]

@@ -5,7 +5,8 @@
 //! them). Without them the test is skipped with a message, unless `CI` is
 //! set: then it fails. `CHROMEDRIVER` and `CHROMIUM` name other binaries.
 //!
-//! It saves a screenshot of the page to `target/admin-dashboard.png`.
+//! It saves screenshots of the page to `target/admin-dashboard.png` and, with
+//! 100,000 tasks in flight, `target/admin-100k.png`.
 
 mod util;
 
@@ -90,6 +91,56 @@ fn browser_binaries() -> Result<(PathBuf, PathBuf), String> {
     Ok((driver, browser))
 }
 
+/// chromedriver and Chromium; `None` (skip the test, with a message) when
+/// they are missing, unless `CI` is set: then the test fails.
+fn browser_or_skip() -> Option<(PathBuf, PathBuf)> {
+    match browser_binaries() {
+        Ok(found) => Some(found),
+        Err(why) if std::env::var_os("CI").is_some_and(|ci| !ci.is_empty()) => {
+            panic!("{why}: CI must run the browser test (apt-get install chromium chromium-driver)")
+        }
+        Err(why) => {
+            eprintln!(
+                "skipping the browser test: {why} (apt-get install chromium chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh browser profile for this test process.
+fn fresh_profile() -> PathBuf {
+    let profile = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-browser-profile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    profile
+}
+
+/// Saves a screenshot of the page to `target/{file}`.
+async fn save_screenshot(client: &Client, file: &str) {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target/")
+        .join(file);
+    let png = within("a screenshot", client.screenshot())
+        .await
+        .expect("screenshot");
+    std::fs::write(&path, png).expect("write the screenshot");
+    eprintln!("screenshot: {}", path.display());
+}
+
+/// Clicks the element `css` finds, as a person would.
+async fn click(client: &Client, css: &str) {
+    let element = client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|error| panic!("{css}: {error}"));
+    element
+        .click()
+        .await
+        .unwrap_or_else(|error| panic!("click {css}: {error}"));
+}
+
 /// A chromedriver this test started; killed when dropped.
 struct Chromedriver {
     child: Child,
@@ -162,17 +213,31 @@ async fn page_state(client: &Client) -> Value {
             name: row.querySelector("td.name").textContent,
             state: row.querySelector("td.state .badge").textContent,
             request: row.querySelector("td.request").textContent,
-            phase: row.closest(".group").dataset.phase,
-            mode: row.closest(".group").dataset.mode,
+            phase: row.dataset.phase,
+            mode: row.dataset.mode,
+        }));
+        const groups = [...document.querySelectorAll("#groups tr[data-group]")].map((row) => ({
+            name: row.querySelector("td.name").textContent,
+            phase: row.querySelector("td.phase").textContent,
+            mode: row.querySelector("td.mode").textContent,
+            state: row.querySelector("td.state").textContent,
+            count: row.querySelector("td.count").textContent,
+            selected: row.classList.contains("selected"),
         }));
         const stats = {};
         for (const value of document.querySelectorAll("[id^=stat-]")) {
             stats[value.id.slice(5)] = Number(value.textContent);
         }
         const chart = document.getElementById("chart").dataset;
+        const status = document.getElementById("status").dataset;
         return {
-            rows, stats,
+            rows, groups, stats,
             status: text("#status"),
+            refreshes: Number(status.refreshes ?? 0),
+            renderMs: Number(status.renderMs ?? -1),
+            position: text("#page-position"),
+            filter: text("#filter-label"),
+            omitted: document.getElementById("groups-omitted").hidden ? null : text("#groups-omitted"),
             actions: [...document.querySelectorAll("#actions li")].map((li) => li.textContent),
             chart: {
                 samples: Number(chart.samples ?? 0),
@@ -210,17 +275,8 @@ struct Order {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
-    let (driver_binary, browser) = match browser_binaries() {
-        Ok(found) => found,
-        Err(why) if std::env::var_os("CI").is_some_and(|ci| !ci.is_empty()) => {
-            panic!("{why}: CI must run the browser test (apt-get install chromium chromium-driver)")
-        }
-        Err(why) => {
-            eprintln!(
-                "skipping the browser test: {why} (apt-get install chromium chromium-driver)"
-            );
-            return;
-        }
+    let Some((driver_binary, browser)) = browser_or_skip() else {
+        return;
     };
 
     // An app whose one route schedules a task of every kind; each waits for
@@ -323,9 +379,7 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
     }
 
     // The browser, on a fresh profile.
-    let profile = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("admin-browser-profile-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&profile);
+    let profile = fresh_profile();
     let chromedriver = Chromedriver::start(&driver_binary).await;
     let client = chromedriver.session(&browser, &profile).await;
 
@@ -411,6 +465,48 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         "no alert opened: {alert:?}"
     );
 
+    // The groups: one per name, phase, mode and state, with its count.
+    let groups = state["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 6, "{state}");
+    assert!(
+        groups.contains(&json!({
+            "name": "charge card", "phase": "Immediate", "mode": "async", "state": "running",
+            "count": "1", "selected": false,
+        })),
+        "{state}"
+    );
+    // A group's name lists its tasks; "Show all" lists every task again.
+    click(
+        &client,
+        r#"tr[data-group='["charge card","immediate","async","running"]'] button"#,
+    )
+    .await;
+    poll("the page to list the group's tasks", async || {
+        let state = page_state(&client).await;
+        let ids: Vec<&Value> = state["rows"]
+            .as_array()?
+            .iter()
+            .map(|row| &row["id"])
+            .collect();
+        let shown = ids == [&json!(order.charge.id().as_u64())]
+            && state["filter"]
+                .as_str()
+                .is_some_and(|filter| filter.contains("charge card"))
+            && state["groups"]
+                .as_array()?
+                .iter()
+                .any(|group| group["name"] == "charge card" && group["selected"] == true)
+            && state["position"] == "1–1 of 1";
+        shown.then_some(())
+    })
+    .await;
+    click(&client, "#show-all").await;
+    poll("every task listed again", async || {
+        let state = page_state(&client).await;
+        (state["rows"].as_array()?.len() == 6 && state["filter"] == "").then_some(())
+    })
+    .await;
+
     // Cancel one with its button, as a person would.
     let button = client
         .find(Locator::Css(&format!(
@@ -470,15 +566,7 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         "the waves' 9 and the card's one: {state}"
     );
 
-    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target/")
-        .join("admin-dashboard.png");
-    let png = within("a screenshot", client.screenshot())
-        .await
-        .expect("screenshot");
-    std::fs::write(&screenshot, png).expect("write the screenshot");
-    eprintln!("screenshot: {}", screenshot.display());
+    save_screenshot(&client, "admin-dashboard.png").await;
 
     within("the session to close", client.close())
         .await
@@ -490,4 +578,291 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
     release_invoice.send(()).unwrap();
     within("idle", background.wait_idle()).await;
     assert!(order.images.is_finished());
+}
+
+/// The refresh the page made last, as the browser's resource timing saw it:
+/// each request's URL, bytes on the wire (`transferSize`, headers included)
+/// and body bytes (`encodedBodySize`).
+async fn last_refresh_sizes(client: &Client) -> Value {
+    const SCRIPT: &str = r##"
+        const last = {};
+        for (const entry of performance.getEntriesByType("resource")) {
+            if (entry.initiatorType !== "fetch") continue;
+            const path = new URL(entry.name).pathname.split("/").pop();
+            last[path] = { url: entry.name, transfer: entry.transferSize, body: entry.encodedBodySize };
+        }
+        return last;
+    "##;
+    client
+        .execute(SCRIPT, vec![])
+        .await
+        .expect("resource timing")
+}
+
+/// How many times in `millis` the page refreshed, and the longest task its
+/// main thread ran meanwhile (the browser's long-task timing: 50 ms and up).
+async fn watch_the_page(client: &Client, millis: u64) -> Value {
+    const SCRIPT: &str = r##"
+        const [millis, done] = arguments;
+        const longest = { ms: 0 };
+        const observer = new PerformanceObserver((list) => {
+            for (const entry of list.getEntries()) longest.ms = Math.max(longest.ms, entry.duration);
+        });
+        observer.observe({ type: "longtask" });
+        const status = document.getElementById("status").dataset;
+        const before = Number(status.refreshes ?? 0);
+        const renders = [];
+        const watch = setInterval(() => {
+            const ms = Number(status.renderMs);
+            const seen = renders.at(-1)?.refresh ?? String(before);
+            if (status.refreshes !== seen) renders.push({ refresh: status.refreshes, ms });
+        }, 20);
+        setTimeout(() => {
+            clearInterval(watch);
+            observer.disconnect();
+            done({
+                refreshes: Number(status.refreshes ?? 0) - before,
+                longestTaskMs: longest.ms,
+                renderMs: renders.map((render) => render.ms),
+            });
+        }, millis);
+    "##;
+    within_secs(
+        millis / 1000 + 10,
+        "the page watched",
+        client.execute_async(SCRIPT, vec![json!(millis)]),
+    )
+    .await
+    .expect("the page watched")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_100k_tasks_in_flight_a_refresh_is_small_and_the_page_stays_live() {
+    const ASYNC_NAMES: [&str; 3] = ["send receipt", "charge card", "render invoice"];
+    const QUEUED: usize = 239;
+    const TENANTS: usize = 120;
+    const TOTAL: usize = 100_000;
+    let Some((driver_binary, browser)) = browser_or_skip() else {
+        return;
+    };
+
+    // 100,000 tasks in flight, none of them doing anything: one sync task
+    // holding the only blocking slot and 239 queued behind it, one task for
+    // each of 120 tenants (more groups than a page lists), and the rest
+    // parked in three groups and one after-response group.
+    let background = Background::builder().max_blocking(1).build();
+    let app = Router::new()
+        .nest_service("/admin", background.admin_router())
+        .layer(background.layer());
+    let addr = util::serve(app.clone()).await;
+    let scheduling = std::time::Instant::now();
+    let (release_export, export_waits) = std::sync::mpsc::channel::<()>();
+    let export = background.task().name("export").build().schedule(move || {
+        let _ = export_waits.recv();
+    });
+    within("the export to start", export.started()).await;
+    for _ in 0..QUEUED {
+        background.task().name("export").build().schedule(|| ());
+    }
+    for tenant in 0..TENANTS {
+        background
+            .task()
+            .name(format!("tenant {tenant}"))
+            .build()
+            .schedule(std::future::pending::<()>());
+    }
+    let parked = TOTAL - 1 - QUEUED - TENANTS;
+    for i in 0..parked {
+        let config = background.task();
+        let config = if i % 4 == 3 {
+            config.name("notify warehouse").phase(Phase::AfterResponse)
+        } else {
+            config.name(ASYNC_NAMES[i % 4])
+        };
+        config.build().schedule(std::future::pending::<()>());
+    }
+    poll("every async task to start", async || {
+        let stats = background.stats();
+        (stats.running == (TOTAL - QUEUED) as u64 && stats.queued == QUEUED as u64).then_some(())
+    })
+    .await;
+    eprintln!(
+        "100k: {TOTAL} tasks in flight after {:?}",
+        scheduling.elapsed()
+    );
+
+    // The handler, in process: one answer's time and size.
+    let mut times = Vec::new();
+    let mut length = 0;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let response = tower::ServiceExt::oneshot(
+            app.clone(),
+            axum::http::Request::get("/admin/tasks")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .expect("infallible");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("the body");
+        times.push(started.elapsed());
+        length = body.len();
+        let list: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(list["in_flight"], TOTAL, "{list}");
+        assert_eq!(list["groups"].as_array().map(Vec::len), Some(100));
+        // 126 groups: the four parked ones, export queued, and of the 121
+        // groups of one task, the oldest 95.
+        assert_eq!(list["groups_omitted"], 26, "{list}");
+        assert_eq!(list["tasks_in_omitted_groups"], 26, "{list}");
+        assert_eq!(list["tasks"].as_array().map(Vec::len), Some(50));
+    }
+    times.sort();
+    eprintln!(
+        "100k: GET /tasks in process: median {:?}, fastest {:?}, slowest {:?} ({} profile); {length} bytes",
+        times[2],
+        times[0],
+        times[4],
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    );
+    assert!(length < 64 * 1024, "{length} bytes");
+
+    // The page, in Chromium.
+    let profile = fresh_profile();
+    let chromedriver = Chromedriver::start(&driver_binary).await;
+    let client = chromedriver.session(&browser, &profile).await;
+    within("the page", client.goto(&format!("http://{addr}/admin/")))
+        .await
+        .expect("goto");
+    let state = poll("the page to show 100,000 tasks", async || {
+        let state = page_state(&client).await;
+        (state["position"] == "1–50 of 100,000").then_some(state)
+    })
+    .await;
+    assert_eq!(state["rows"].as_array().map(Vec::len), Some(50), "{state}");
+    assert_eq!(state["groups"].as_array().map(Vec::len), Some(100));
+    // The first render builds every row; later ones update them in place.
+    let first_render = state["renderMs"].as_f64().expect("a render time");
+    eprintln!("100k: the first render took {first_render} ms");
+    assert!(first_render < 1000.0, "{first_render} ms");
+    assert_eq!(
+        state["omitted"],
+        "26 more groups (26 tasks) not shown: the 100 largest are listed.",
+    );
+    assert_eq!(state["stats"]["in_flight"], TOTAL);
+    let export_group = &state["groups"][1];
+    assert_eq!(
+        (
+            &export_group["name"],
+            &export_group["state"],
+            &export_group["count"]
+        ),
+        (&json!("export"), &json!("queued"), &json!("239")),
+        "{state}"
+    );
+
+    // Three seconds of refreshes: each one's transfer and render time.
+    let watched = watch_the_page(&client, 3000).await;
+    let sizes = last_refresh_sizes(&client).await;
+    eprintln!("100k: three seconds of the page: {watched}");
+    eprintln!("100k: the last refresh's requests: {sizes}");
+    let refreshes = watched["refreshes"].as_u64().expect("a count");
+    assert!(refreshes >= 2, "the page refreshed twice in 3 s: {watched}");
+    let longest = watched["longestTaskMs"].as_f64().expect("a duration");
+    assert!(longest < 250.0, "no stall of the main thread: {watched}");
+    let renders = watched["renderMs"].as_array().expect("render times");
+    assert!(renders.len() >= 2, "{watched}");
+    for render in renders {
+        let ms = render.as_f64().expect("ms");
+        assert!(ms < 100.0, "a refresh renders in under 100 ms: {watched}");
+    }
+    let mut refresh_bytes = 0;
+    for endpoint in ["tasks", "stats", "periodic", "failures"] {
+        let entry = &sizes[endpoint];
+        let transfer = entry["transfer"].as_u64().expect("transferSize");
+        assert!(
+            transfer > entry["body"].as_u64().expect("encodedBodySize"),
+            "measured on the wire: {sizes}"
+        );
+        refresh_bytes += transfer;
+    }
+    assert!(
+        sizes["tasks"]["transfer"].as_u64() < Some(64 * 1024),
+        "{sizes}"
+    );
+    assert!(
+        refresh_bytes < 64 * 1024,
+        "one refresh under 64 KiB: {refresh_bytes} bytes"
+    );
+    eprintln!("100k: one refresh transfers {refresh_bytes} bytes");
+
+    // The largest groups first, at a click.
+    click(&client, "[data-sort=largest]").await;
+    let state = poll("the largest group first", async || {
+        let state = page_state(&client).await;
+        (state["groups"][0]["count"] == "24,910").then_some(state)
+    })
+    .await;
+    assert_eq!(state["groups"][0]["name"], "send receipt", "{state}");
+    assert_eq!(state["groups"][4]["name"], "export", "{state}");
+    save_screenshot(&client, "admin-100k.png").await;
+
+    // Paging and a group's tasks, at this scale.
+    click(&client, "[data-page=newer]").await;
+    poll("the second page", async || {
+        let state = page_state(&client).await;
+        (state["position"] == "51–100 of 100,000").then_some(())
+    })
+    .await;
+    click(&client, "[data-page=newest]").await;
+    poll("the newest page", async || {
+        let state = page_state(&client).await;
+        (state["position"] == "99,951–100,000 of 100,000").then_some(())
+    })
+    .await;
+    click(
+        &client,
+        r#"tr[data-group='["export","immediate","sync","queued"]'] button"#,
+    )
+    .await;
+    let state = poll("the export group's tasks", async || {
+        let state = page_state(&client).await;
+        (state["position"] == "1–50 of 239").then_some(state)
+    })
+    .await;
+    assert!(
+        state["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .all(|row| row["name"] == "export" && row["state"] == "queued"),
+        "{state}"
+    );
+
+    within("the session to close", client.close())
+        .await
+        .expect("close");
+    drop(chromedriver);
+    let _ = std::fs::remove_dir_all(&profile);
+
+    let stopping = std::time::Instant::now();
+    release_export.send(()).unwrap();
+    let report = within(
+        "shutdown",
+        background.shutdown(std::time::Duration::from_secs(5)),
+    )
+    .await;
+    eprintln!("100k: shutdown took {:?}", stopping.elapsed());
+    // The export ran to its end, as may some queued behind it; the rest
+    // were cancelled.
+    assert!(report.overdue.is_empty());
+    let stats = background.stats();
+    assert_eq!(stats.in_flight(), 0);
+    assert_eq!(stats.completed + stats.cancelled, TOTAL as u64, "{stats:?}");
+    assert!(stats.cancelled >= (TOTAL - 1 - QUEUED) as u64, "{stats:?}");
 }

@@ -7,21 +7,83 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
+use super::listing::Listing;
 use crate::periodic::PeriodicInfo;
 use crate::{RecentFailure, Stats, TaskInfo};
 
-/// `GET /tasks`.
+/// `GET /tasks`: the groups, and one page of tasks.
 #[derive(Serialize)]
 pub(super) struct TaskList<'a> {
+    /// Every task in flight.
+    in_flight: usize,
+    /// By name, phase, mode and state: the largest groups, listed the group
+    /// with the oldest task first.
+    groups: Vec<GroupEntry<'a>>,
+    /// Groups past [`MAX_GROUPS`](super::listing::MAX_GROUPS), left out of
+    /// `groups`, and the tasks in them.
+    groups_omitted: usize,
+    tasks_in_omitted_groups: usize,
+    /// The tasks that match the query's filter.
+    total: usize,
+    /// Of those, how many come before this page.
+    older: usize,
+    /// The page's length as asked, once clamped.
+    limit: usize,
+    /// The page, oldest first.
     tasks: Vec<TaskEntry<'a>>,
+    /// `after=` for the next page (newer tasks); `None` (`null`) on the last.
+    next_after: Option<u64>,
+    /// `before=` for the previous page (older tasks); `None` (`null`) on the first.
+    prev_before: Option<u64>,
 }
 
 impl<'a> TaskList<'a> {
-    pub(super) fn new(infos: &'a [TaskInfo], now: Instant) -> Self {
+    pub(super) fn new(listing: &'a Listing, limit: usize, now: Instant) -> Self {
         TaskList {
-            tasks: infos.iter().map(|info| TaskEntry::new(info, now)).collect(),
+            in_flight: listing.in_flight,
+            groups: listing
+                .groups
+                .iter()
+                .map(|group| GroupEntry {
+                    name: &group.key.name,
+                    phase: group.key.phase.as_str(),
+                    mode: group.key.mode.as_str(),
+                    state: state(group.key.running),
+                    count: group.count,
+                    oldest_age_ms: millis(now.saturating_duration_since(group.oldest)),
+                })
+                .collect(),
+            groups_omitted: listing.groups_omitted,
+            tasks_in_omitted_groups: listing.tasks_in_omitted_groups,
+            total: listing.total,
+            older: listing.older,
+            limit,
+            tasks: listing
+                .tasks
+                .iter()
+                .map(|info| TaskEntry::new(info, now))
+                .collect(),
+            next_after: listing.next_after,
+            prev_before: listing.prev_before,
         }
     }
+}
+
+/// One group of `GET /tasks`.
+#[derive(Serialize)]
+struct GroupEntry<'a> {
+    name: &'a str,
+    phase: &'static str,
+    mode: &'static str,
+    state: &'static str,
+    count: usize,
+    /// Milliseconds since the group's oldest task was scheduled.
+    oldest_age_ms: u64,
+}
+
+/// `"queued"` until a task starts, then `"running"`.
+fn state(running: bool) -> &'static str {
+    if running { "running" } else { "queued" }
 }
 
 /// One task of `GET /tasks`.
@@ -54,11 +116,7 @@ impl<'a> TaskEntry<'a> {
             phase: info.phase.as_str(),
             mode: info.mode.as_str(),
             shielded: info.shielded,
-            state: if info.started_at.is_some() {
-                "running"
-            } else {
-                "queued"
-            },
+            state: state(info.started_at.is_some()),
             age_ms: millis(age),
             due_in_ms: info
                 .due_at

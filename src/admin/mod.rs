@@ -7,8 +7,8 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `GET /` | the page: counters, a chart of completions and failures per second over the last minute, the tasks in flight grouped by phase and mode, a cancel button per task; it refreshes itself every second |
-//! | `GET /tasks` | `{"tasks": [..]}`: a snapshot of the tasks in flight, by id |
+//! | `GET /` | the page: counters, a chart of completions and failures per second over the last minute, the tasks in flight grouped by name, phase, mode and state with counts (click a group to list its tasks), one page of tasks, oldest first, with a cancel button each and older/newer controls; it refreshes itself every second |
+//! | `GET /tasks` | the tasks in flight grouped by name, phase, mode and state with counts, and one page of tasks, oldest first (`?limit=`, `?after=`/`?before=`, `?name=`, `?phase=`, `?mode=`, `?state=`; see JSON) |
 //! | `GET /stats` | the [`Stats`](crate::Stats) counters, and `in_flight` |
 //! | `GET /periodic` | `{"periodic": [..]}`: each periodic task with its schedule, the time to its next run, its last run, and whether it is durable |
 //! | `GET /failures` | `{"failures": [..]}`: the recent failures, newest first (name, request, attempts, kind, error text, when; see [`BackgroundBuilder::recent_failures`](crate::BackgroundBuilder::recent_failures)) |
@@ -78,20 +78,65 @@
 //!
 //! # JSON
 //!
-//! `GET /tasks`:
+//! `GET /tasks` answers in the same size with 100 tasks in flight as with
+//! 100,000: the tasks grouped with counts, and one page of tasks.
 //!
 //! ```json
-//! {"tasks": [{
-//!   "id": 7, "name": "send_welcome", "phase": "after_response", "mode": "async",
-//!   "shielded": false, "state": "running", "age_ms": 1520, "due_in_ms": null, "attempts": 1,
-//!   "method": "POST", "path": "/register"
-//! }]}
+//! {
+//!   "in_flight": 100000,
+//!   "groups": [
+//!     {"name": "send_welcome", "phase": "after_response", "mode": "async",
+//!      "state": "running", "count": 98000, "oldest_age_ms": 61520}
+//!   ],
+//!   "groups_omitted": 0, "tasks_in_omitted_groups": 0,
+//!   "total": 100000, "older": 0, "limit": 50,
+//!   "tasks": [{
+//!     "id": 7, "name": "send_welcome", "phase": "after_response", "mode": "async",
+//!     "shielded": false, "state": "running", "age_ms": 61520, "due_in_ms": null, "attempts": 1,
+//!     "method": "POST", "path": "/register"
+//!   }],
+//!   "next_after": 412, "prev_before": null
+//! }
 //! ```
 //!
-//! `state` is `"queued"` (waiting for its phase or a slot) or `"running"`;
-//! `age_ms` counts from `schedule`; `due_in_ms` is the time left before a
-//! delayed task falls due (`null` for other tasks and once it has started); `method` and `path` are `null` for a task
-//! scheduled outside a request.
+//! - `groups`: the tasks in flight by `name`, `phase`, `mode` and `state`,
+//!   each with its `count` and the age of its oldest task, the group holding
+//!   the oldest task first. At most 100 are listed: the largest (the oldest
+//!   first among equals; the oldest task of all still heads `tasks`);
+//!   `groups_omitted` says how many more there are and
+//!   `tasks_in_omitted_groups` how many tasks they hold. Groups count every
+//!   task, whatever the filter.
+//! - `tasks`: one page of the tasks that match the filter, oldest first (by
+//!   id: ids are handed out in schedule order). `total` is how many match,
+//!   `older` how many of those come before this page.
+//! - Paging is by task id, not by position: `?after=<id>` lists the oldest
+//!   tasks with a higher id (the next page: pass `next_after`), `?before=<id>`
+//!   the newest tasks with a lower id (the previous page: pass `prev_before`;
+//!   `before=18446744073709551615` is the newest page). Tasks come and go
+//!   while a person pages, and an id keeps its place where a position would
+//!   shift: when older tasks end, a page by position skips the tasks that
+//!   slide onto the page already seen. `next_after` and `prev_before` are
+//!   `null` when nothing lies that way.
+//! - `?limit=` is the page's length: 50 unless given, from 1 to 500 (a value
+//!   outside is clamped; the answer's `limit` says which was used).
+//! - `?name=`, `?phase=` (`immediate`, `after_route`, `after_response`),
+//!   `?mode=` (`async`, `sync`) and `?state=` (`queued`, `running`) keep the
+//!   page to the tasks that match them all (the page's groups link to their
+//!   tasks this way).
+//! - An empty value is as if absent; other parameters are ignored. A value
+//!   that is not one of these, `after` with `before`, or a parameter given
+//!   twice is a `400` whose `error` says what is expected.
+//!
+//! Each task: `state` is `"queued"` (waiting for its phase or a slot) or
+//! `"running"`; `age_ms` counts from `schedule`; `due_in_ms` is the time
+//! left before a delayed task falls due (`null` for other tasks and once it
+//! has started); `method` and `path` are `null` for a task scheduled outside
+//! a request.
+//!
+//! Building the answer walks the tasks in flight once, counting each in its
+//! group and keeping a page of them, whatever their number: about 20 ms
+//! with 100,000 in flight (a release build, measured by the browser test),
+//! done on the blocking pool past 10,000 so that no runtime worker is held.
 //!
 //! `GET /stats`: the [`Stats`](crate::Stats) fields by name (`scheduled`,
 //! `queued`, `running`, `completed`, `failed`, `panicked`, `timed_out`,
@@ -101,5 +146,7 @@
 //! is `{"error": "..."}` with its status.
 
 mod json;
+mod listing;
 mod page;
+mod query;
 mod routes;

@@ -4,14 +4,16 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::middleware::map_response;
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 
 use super::json::{self, Cancelled, ErrorBody, FailureList, PeriodicList, StatsBody, TaskList};
+use super::listing;
 use super::page;
+use super::query::TasksQuery;
 use crate::{Background, CancelOutcome, TaskId};
 
 impl Background {
@@ -51,10 +53,42 @@ impl Background {
     }
 }
 
-/// `GET /tasks`: the tasks in flight, by id.
-async fn tasks(State(background): State<Background>) -> Response {
-    let infos = background.in_flight();
-    json::response(StatusCode::OK, &TaskList::new(&infos, Instant::now()))
+/// Up to this many tasks in flight, `GET /tasks` reads them on the runtime
+/// worker that serves it; past it, on the blocking pool: the pass costs
+/// about 0.2 µs a task (20 ms for 100,000, in a release build), too long to
+/// hold a worker that other requests and tasks share.
+const INLINE_UP_TO: usize = 10_000;
+
+/// `GET /tasks`: the tasks in flight grouped with counts, and one page of
+/// them (see the module docs for the query).
+///
+/// One pass over the registry, holding a page's worth of tasks: its cost
+/// grows with the tasks in flight, its answer does not.
+async fn tasks(State(background): State<Background>, RawQuery(raw): RawQuery) -> Response {
+    let query = match TasksQuery::parse(raw.as_deref()) {
+        Ok(query) => query,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let listing = if background.shared.registry.len() <= INLINE_UP_TO {
+        listing::list(&background.shared.registry, &query)
+    } else {
+        let query = query.clone();
+        let read = move || listing::list(&background.shared.registry, &query);
+        match tokio::task::spawn_blocking(read).await {
+            Ok(listing) => listing,
+            Err(join_error) => {
+                tracing::error!(error = %join_error, "admin router: could not list the tasks");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not list the tasks".into(),
+                );
+            }
+        }
+    };
+    json::response(
+        StatusCode::OK,
+        &TaskList::new(&listing, query.limit, Instant::now()),
+    )
 }
 
 /// `GET /periodic`: the periodic tasks, with their next run and their last.

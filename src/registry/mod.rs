@@ -119,6 +119,22 @@ impl<E: Entry> Registry<E> {
 }
 
 impl<E> Registry<E> {
+    /// Calls `f` with each task in flight, in no particular order, copying
+    /// nothing out: for readers that keep a few tasks of many (the admin
+    /// router's page of tasks, its group counts).
+    ///
+    /// `f` runs while a shard of the map is read-locked (a task ending in
+    /// that shard waits for it): it must be quick, must not block, and must
+    /// not call back into the registry (a write to the same shard would
+    /// deadlock). A task inserted or removed during the walk is seen once or
+    /// not at all.
+    #[cfg(feature = "admin")]
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<E>)) {
+        for entry in self.tasks.iter() {
+            f(entry.value());
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         // Acquire: see `WaitIdleFuture::poll`.
         self.in_flight.load(Ordering::Acquire)
