@@ -216,6 +216,7 @@ async fn tasks_lists_each_task_in_flight_with_its_state_and_request() {
             "age_ms",
             "due_in_ms",
             "attempts",
+            "blocked_ms",
             "method",
             "path"
         ])
@@ -996,4 +997,33 @@ async fn failures_lists_the_recent_failures_newest_first_escaped() {
     );
     assert_eq!(failures[1]["name"], "older", "{list}");
     assert_eq!(failures[1]["path"], Value::Null, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_blocking_its_thread_is_marked_with_the_time_held() {
+    let background = Background::new();
+    let app = app(&background, Router::new());
+    let (release, waits) = tokio::sync::oneshot::channel::<()>();
+    let blocker = background.schedule(async move {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = waits.await;
+    });
+    let polite = background.schedule(std::future::pending::<()>());
+    within("the blocking task to be marked", async {
+        while blocker.info().blocked.is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let list = get(&app, "/admin/tasks").await.json();
+    let blocked = task_with_id(&list, &blocker)["blocked_ms"].as_u64();
+    assert!(blocked.is_some_and(|ms| ms >= 100), "{list}");
+    assert_eq!(
+        task_with_id(&list, &polite)["blocked_ms"],
+        Value::Null,
+        "{list}"
+    );
+    release.send(()).unwrap();
+    let _ = polite.cancel();
+    within("idle", background.wait_idle()).await;
 }

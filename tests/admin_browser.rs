@@ -247,6 +247,8 @@ async fn page_state(client: &Client) -> Value {
             scripts: document.scripts.length,
             periodic: [...document.querySelectorAll("#periodic tbody tr")]
                 .map((row) => [...row.cells].map((cell) => cell.textContent)),
+            blocking: [...document.querySelectorAll("tr[data-task-id] .badge.blocking")]
+                .map((badge) => Number(badge.closest("tr").dataset.taskId)),
             failures: [...document.querySelectorAll("#failures tbody tr")]
                 .map((row) => [...row.cells].map((cell) => cell.textContent)),
             injected: document.querySelectorAll("#failures img, #failures script, #failures b").length,
@@ -378,6 +380,22 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         within("the task to start", handle.started()).await;
     }
 
+    // A task that blocks its worker thread (the mistake blocking detection
+    // is for), then waits: marked on the page.
+    let (release_blocker, blocker_waits) = tokio::sync::oneshot::channel::<()>();
+    let blocker = background
+        .task()
+        .name("blocks its thread")
+        .build()
+        .schedule(async move {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let _ = blocker_waits.await;
+        });
+    poll("the blocking task to be marked", async || {
+        blocker.info().blocked.map(|_| ())
+    })
+    .await;
+
     // The browser, on a fresh profile.
     let profile = fresh_profile();
     let chromedriver = Chromedriver::start(&driver_binary).await;
@@ -411,6 +429,11 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         })
     );
     assert_eq!(row(&order.invoice)["mode"], "sync");
+    assert_eq!(
+        state["blocking"],
+        json!([blocker.id().as_u64()]),
+        "only the blocking task is marked: {state}"
+    );
     assert_eq!(row(&order.images)["state"], "queued");
     // The periodic card: its name as text, never as HTML.
     let periodic = &state["periodic"];
@@ -467,7 +490,11 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
 
     // The groups: one per name, phase, mode and state, with its count.
     let groups = state["groups"].as_array().expect("groups");
-    assert_eq!(groups.len(), 6, "{state}");
+    assert_eq!(
+        groups.len(),
+        7,
+        "the order's six and the blocking task: {state}"
+    );
     assert!(
         groups.contains(&json!({
             "name": "charge card", "phase": "Immediate", "mode": "async", "state": "running",
@@ -503,7 +530,7 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
     click(&client, "#show-all").await;
     poll("every task listed again", async || {
         let state = page_state(&client).await;
-        (state["rows"].as_array()?.len() == 6 && state["filter"] == "").then_some(())
+        (state["rows"].as_array()?.len() == 7 && state["filter"] == "").then_some(())
     })
     .await;
 
@@ -576,6 +603,7 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
 
     gate.cancel();
     release_invoice.send(()).unwrap();
+    drop(release_blocker);
     within("idle", background.wait_idle()).await;
     assert!(order.images.is_finished());
 }

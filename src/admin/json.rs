@@ -102,6 +102,10 @@ struct TaskEntry<'a> {
     /// (0 once due); `None` (`null`) otherwise.
     due_in_ms: Option<u64>,
     attempts: u32,
+    /// The longest one of its polls held its worker thread, in milliseconds,
+    /// if it was seen blocking (see `BackgroundBuilder::detect_blocking`);
+    /// `None` (`null`) otherwise.
+    blocked_ms: Option<u64>,
     /// `None` (`null`) outside a request, as `path`.
     method: Option<&'a str>,
     path: Option<&'a str>,
@@ -123,6 +127,9 @@ impl<'a> TaskEntry<'a> {
                 .filter(|_| info.started_at.is_none())
                 .map(|due| millis(due.saturating_duration_since(now))),
             attempts: info.attempts,
+            blocked_ms: info
+                .blocked
+                .map(|held| u64::try_from(held.as_millis()).unwrap_or(u64::MAX)),
             method: info.method.as_ref().map(http::Method::as_str),
             path: info.path.as_deref(),
         }
