@@ -93,12 +93,15 @@
 //!   "tasks": [{
 //!     "id": 7, "name": "send_welcome", "phase": "after_response", "mode": "async",
 //!     "shielded": false, "state": "running", "age_ms": 61520, "due_in_ms": null, "attempts": 1,
-//!     "method": "POST", "path": "/register"
+//!     "blocked_ms": null, "method": "POST", "path": "/register"
 //!   }],
 //!   "next_after": 412, "prev_before": null
 //! }
 //! ```
 //!
+//! - `blocked_ms`: the longest one of the task's polls held its worker
+//!   thread, if it was seen blocking it (`null` otherwise; see
+//!   [`BackgroundBuilder::detect_blocking`](crate::BackgroundBuilder::detect_blocking)).
 //! - `groups`: the tasks in flight by `name`, `phase`, `mode` and `state`,
 //!   each with its `count` and the age of its oldest task, the group holding
 //!   the oldest task first. At most 100 are listed: the largest (the oldest
