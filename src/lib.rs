@@ -103,6 +103,7 @@
 //! | `durable-sqlite` | the `durable` module with a SQLite store: `tasks.durable().schedule(..)` writes a task to a store (in the caller's transaction if asked), run at least once by workers, surviving a crash; on [River](https://riverqueue.com)'s Rust client, [riverqueue](https://docs.rs/riverqueue) (MPL-2.0). Needs Rust 1.95 or later | no |
 //! | `durable-postgres` | the same with a Postgres store, shared by several processes (no SQLite compiled without `durable-sqlite`) | no |
 //! | `durable` | both durable backends | no |
+//! | `opentelemetry` | with a durable backend: a durable job carries the W3C trace context of the span that scheduled it, and its task runs in that trace, in whichever process (the `durable` module's "Tracing"; [tracing-opentelemetry](https://docs.rs/tracing-opentelemetry) 0.34) | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "admin")]

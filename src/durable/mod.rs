@@ -82,6 +82,22 @@
 //! | cancelled ([`DurableTasks::cancel`], from any process) | [`JobState::Cancelled`] |
 //! | cut off by [`shutdown`](crate::Background::shutdown) past its grace period | put back, its attempt not spent: run by the next worker |
 //!
+//! # Tracing
+//!
+//! With the `opentelemetry` feature, a job carries the trace context of the
+//! span it is scheduled in (W3C `traceparent` and `tracestate`, in the job's
+//! metadata under `axum_background_trace`), taken when `schedule` is called:
+//! in a later phase too, in a transaction, and for each job of
+//! `schedule_many`. The worker runs its task in an INFO `durable_job` span
+//! (fields `job` and `task`) whose OpenTelemetry parent is that context, so
+//! that the task's `background_task` span and everything below it are in the
+//! scheduler's trace, in whichever process runs it. Both processes need
+//! [tracing-opentelemetry](https://docs.rs/tracing-opentelemetry)'s layer
+//! (0.34, over `opentelemetry` 0.33). A job scheduled outside any such span
+//! carries nothing and runs as it would without the feature, in a trace of
+//! its own; so do the jobs of durable periodic schedules and the tasks
+//! stored at shutdown.
+//!
 //! # Shutdown
 //!
 //! [`Background::shutdown`](crate::Background::shutdown) stops the workers
@@ -94,6 +110,8 @@ mod jobs;
 mod kept;
 mod periodic;
 mod store;
+#[cfg(feature = "opentelemetry")]
+mod trace;
 mod tx;
 mod worker;
 
@@ -761,6 +779,12 @@ impl DurableTasks {
                 registration.options.retry.as_ref(),
                 store,
             ));
+        // In the caller's span, now: in a later phase too (this runs in the
+        // handler).
+        #[cfg(feature = "opentelemetry")]
+        {
+            opts = trace::inject(opts);
+        }
         if let Some(start) = self.start {
             let at = match start {
                 Start::After(delay) => SystemTime::now() + delay,

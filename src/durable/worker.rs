@@ -159,7 +159,15 @@ impl<T: DurableTask> Worker<Stored<T>> for Runner<T> {
             task: job.args.task,
             _task: PhantomData,
         };
-        let handle = crate::schedule::committed(&shared, stored, &options);
+        // The task's `background_task` span is made in the current one: in
+        // the scheduler's trace when the job carries it.
+        #[cfg(feature = "opentelemetry")]
+        let span = super::trace::job_span(row, T::NAME);
+        let handle = {
+            #[cfg(feature = "opentelemetry")]
+            let _entered = span.enter();
+            crate::schedule::committed(&shared, stored, &options)
+        };
         let cancelled = context.cancellation_token();
         let outcome = tokio::select! {
             outcome = handle.outcome() => outcome,

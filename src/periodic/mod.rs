@@ -307,7 +307,7 @@ pub struct PeriodicInfo {
     /// in the store, run by any process).
     pub last_run: Option<TaskHandle>,
     /// Whether the schedule writes its runs to the durable store
-    /// ([`Periodic::durable`]).
+    /// (`Periodic::durable`, with a durable feature).
     pub durable: bool,
 }
 
