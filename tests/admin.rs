@@ -1027,3 +1027,347 @@ async fn a_task_blocking_its_thread_is_marked_with_the_time_held() {
     let _ = polite.cancel();
     within("idle", background.wait_idle()).await;
 }
+
+/// The stored jobs of a durable store (`GET /jobs`, its retry and cancel).
+#[cfg(feature = "durable-sqlite")]
+mod stored_jobs {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use axum_background::durable::{DurableStore, DurableTask, JobId, JobState};
+    use axum_background::{BackgroundTask, BoxError, RetryPolicy, TaskConfig, mode};
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// An error text that is markup, quotes and an ampersand.
+    const HOSTILE: &str = "<img src=x onerror=alert(1)> \"smtp\" & 'co'";
+
+    /// Fails every time, with [`HOSTILE`].
+    #[derive(Serialize, Deserialize)]
+    struct Fails;
+
+    impl BackgroundTask for Fails {
+        type Mode = mode::Async;
+        async fn run(self) -> Result<(), BoxError> {
+            Err(HOSTILE.into())
+        }
+    }
+
+    impl DurableTask for Fails {
+        const NAME: &'static str = "admin_fails";
+    }
+
+    /// Fails every time; registered with a long backoff, so it stays retrying.
+    #[derive(Serialize, Deserialize)]
+    struct Flaky;
+
+    impl BackgroundTask for Flaky {
+        type Mode = mode::Async;
+        async fn run(self) -> Result<(), BoxError> {
+            Err("the mail server said no".into())
+        }
+    }
+
+    impl DurableTask for Flaky {
+        const NAME: &'static str = "admin_flaky";
+    }
+
+    /// Completes.
+    #[derive(Serialize, Deserialize)]
+    struct Fine;
+
+    impl BackgroundTask for Fine {
+        type Mode = mode::Async;
+        async fn run(self) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    impl DurableTask for Fine {
+        const NAME: &'static str = "admin_fine";
+    }
+
+    /// A fresh SQLite file for `test`.
+    fn sqlite_path(test: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-jobs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{test}.db"));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        path
+    }
+
+    /// A `Background` on a fresh store: `Fails` given up after one attempt,
+    /// `Flaky` retried in ten minutes, `Fine`.
+    async fn background(test: &str) -> Background {
+        let store = DurableStore::sqlite(sqlite_path(test))
+            .await
+            .expect("the store");
+        let once = TaskConfig::builder()
+            .retry(RetryPolicy::attempts(1))
+            .build();
+        let later = TaskConfig::builder()
+            .retry(
+                RetryPolicy::attempts(3)
+                    .backoff(Duration::from_secs(600))
+                    .max_backoff(Duration::from_secs(3600))
+                    .jitter(false),
+            )
+            .build();
+        Background::builder()
+            .durable(store)
+            .register_with::<Fails>(once)
+            .register_with::<Flaky>(later)
+            .register::<Fine>()
+            .build()
+    }
+
+    async fn schedule<T: DurableTask>(background: &Background, task: T) -> JobId {
+        background
+            .durable()
+            .schedule(task)
+            .await
+            .expect("written to the store")
+            .expect("written now")
+            .id
+    }
+
+    /// Waits (up to 60 s) until `done` holds of the job.
+    async fn wait_job(
+        background: &Background,
+        id: JobId,
+        what: &str,
+        done: impl Fn(&axum_background::durable::JobInfo) -> bool,
+    ) {
+        let wait = async {
+            loop {
+                let job = background.durable().job(id).await.expect("the job");
+                if done(&job) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("job {id}: not {what} in 60 s"));
+    }
+
+    async fn wait_state(background: &Background, id: JobId, state: JobState) {
+        wait_job(background, id, &format!("{state:?}"), |job| {
+            job.state == state
+        })
+        .await;
+    }
+
+    /// A `POST` as the admin page sends it, from its own origin.
+    async fn post_same_origin(app: &Router, uri: &str) -> Answer {
+        let request = Request::post(uri)
+            .header("sec-fetch-site", "same-origin")
+            .body(Body::empty())
+            .unwrap();
+        send(app, request).await
+    }
+
+    fn entry(list: &Value, id: JobId) -> &Value {
+        list.as_array()
+            .unwrap_or_else(|| panic!("an array: {list}"))
+            .iter()
+            .find(|job| job["id"] == id.as_i64())
+            .unwrap_or_else(|| panic!("job {id} listed: {list}"))
+    }
+
+    #[tokio::test]
+    async fn jobs_counts_by_state_and_lists_the_retrying_and_discarded_with_their_errors() {
+        let background = background("list").await;
+        let app = app(&background, Router::new());
+        let discarded = schedule(&background, Fails).await;
+        let retrying = schedule(&background, Flaky).await;
+        let completed = schedule(&background, Fine).await;
+        let delayed = background
+            .durable()
+            .delay(Duration::from_secs(3600))
+            .schedule(Fine)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        wait_state(&background, discarded, JobState::Discarded).await;
+        wait_state(&background, retrying, JobState::Retrying).await;
+        wait_state(&background, completed, JobState::Completed).await;
+        wait_state(&background, delayed, JobState::Scheduled).await;
+
+        let answer = get(&app, "/admin/jobs").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let jobs = answer.json();
+        assert_eq!(
+            keys(&jobs),
+            BTreeSet::from(["counts", "capped", "retrying", "discarded", "now_unix_ms"])
+        );
+        assert_eq!(
+            jobs["counts"],
+            serde_json::json!({
+                "waiting": 0, "scheduled": 1, "running": 0, "retrying": 1,
+                "completed": 1, "cancelled": 0, "discarded": 1,
+            })
+        );
+        assert_eq!(jobs["capped"], serde_json::json!([]));
+
+        let flaky = entry(&jobs["retrying"], retrying);
+        assert_eq!(
+            keys(flaky),
+            BTreeSet::from([
+                "id",
+                "name",
+                "state",
+                "attempts",
+                "errors",
+                "scheduled_at_unix_ms",
+                "finalized_at_unix_ms"
+            ])
+        );
+        assert_eq!(flaky["name"], "admin_flaky");
+        assert_eq!(flaky["state"], "retrying");
+        assert_eq!(flaky["attempts"], 1);
+        assert_eq!(flaky["errors"][0]["attempt"], 1);
+        assert_eq!(
+            flaky["errors"][0]["error"],
+            "task failed: the mail server said no"
+        );
+        assert_eq!(flaky["finalized_at_unix_ms"], Value::Null);
+        let next = flaky["scheduled_at_unix_ms"].as_u64().unwrap();
+        let now = jobs["now_unix_ms"].as_u64().unwrap();
+        assert!(
+            next > now + 500_000,
+            "the next attempt in ten minutes: {next} vs {now}"
+        );
+
+        let fails = entry(&jobs["discarded"], discarded);
+        assert_eq!(fails["name"], "admin_fails");
+        assert_eq!(fails["state"], "discarded");
+        assert_eq!(fails["attempts"], 1);
+        let error = fails["errors"][0]["error"].as_str().unwrap();
+        assert!(error.contains(HOSTILE), "the task's own error: {error}");
+        assert!(fails["finalized_at_unix_ms"].as_u64().unwrap() <= now);
+        // Markup in an error is escaped in the JSON, the same string to a parser.
+        for raw in ['<', '>', '&'] {
+            assert!(
+                !answer.body.contains(raw),
+                "{raw:?} is escaped: {}",
+                answer.body
+            );
+        }
+        assert!(answer.body.contains(r"\u003cimg src=x"));
+
+        within("shutdown", background.shutdown(Duration::from_secs(5))).await;
+    }
+
+    #[tokio::test]
+    async fn retry_runs_a_discarded_job_again_and_cancel_stops_a_retrying_one() {
+        let background = background("act").await;
+        let app = app(&background, Router::new());
+        let discarded = schedule(&background, Fails).await;
+        let retrying = schedule(&background, Flaky).await;
+        wait_state(&background, discarded, JobState::Discarded).await;
+        wait_state(&background, retrying, JobState::Retrying).await;
+
+        let retried = post_same_origin(&app, &format!("/admin/jobs/{discarded}/retry")).await;
+        assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+        let job = retried.json();
+        assert_eq!(job["id"], discarded.as_i64());
+        assert_ne!(job["state"], "discarded", "{job}");
+        // It runs once more, fails again and is given up again.
+        wait_job(&background, discarded, "run again", |job| {
+            job.attempts == 2 && job.state == JobState::Discarded
+        })
+        .await;
+
+        let cancelled = post_same_origin(&app, &format!("/admin/jobs/{retrying}/cancel")).await;
+        assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+        assert_eq!(cancelled.json()["state"], "cancelled");
+        let job = background.durable().job(retrying).await.unwrap();
+        assert_eq!(job.state, JobState::Cancelled);
+
+        let jobs = get(&app, "/admin/jobs").await.json();
+        assert_eq!(jobs["counts"]["cancelled"], 1, "{jobs}");
+        assert_eq!(jobs["counts"]["retrying"], 0, "{jobs}");
+        assert_eq!(jobs["retrying"], serde_json::json!([]));
+        assert_eq!(entry(&jobs["discarded"], discarded)["attempts"], 2);
+
+        within("shutdown", background.shutdown(Duration::from_secs(5))).await;
+    }
+
+    #[tokio::test]
+    async fn job_actions_refuse_other_sites_bad_ids_and_unknown_jobs() {
+        let background = background("refuse").await;
+        let app = app(&background, Router::new());
+        let discarded = schedule(&background, Fails).await;
+        wait_state(&background, discarded, JobState::Discarded).await;
+
+        for action in ["retry", "cancel"] {
+            let uri = format!("/admin/jobs/{discarded}/{action}");
+            for (name, value) in [
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://elsewhere.example"),
+            ] {
+                let forged = Request::post(&uri)
+                    .header(header::HOST, "admin.example")
+                    .header(name, value)
+                    .body(Body::empty())
+                    .unwrap();
+                let answer = send(&app, forged).await;
+                assert_eq!(
+                    answer.status,
+                    StatusCode::FORBIDDEN,
+                    "{action} {name}: {value}"
+                );
+                let error = answer.json()["error"].as_str().unwrap().to_owned();
+                assert!(
+                    error.contains("cross-site") && error.contains(action),
+                    "{error}"
+                );
+            }
+            for bad in ["0", "-3", "abc", "1.5"] {
+                let answer = post_to(&app, &format!("/admin/jobs/{bad}/{action}")).await;
+                assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{action} {bad}");
+                assert!(
+                    answer.json()["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("positive integers")
+                );
+            }
+            let unknown = post_to(&app, &format!("/admin/jobs/987654321/{action}")).await;
+            assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{action}");
+            assert!(
+                unknown.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("987654321")
+            );
+        }
+        let job = background.durable().job(discarded).await.unwrap();
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::Discarded, 1),
+            "untouched"
+        );
+
+        within("shutdown", background.shutdown(Duration::from_secs(5))).await;
+    }
+
+    #[tokio::test]
+    async fn without_a_store_jobs_is_404_saying_so() {
+        let background = Background::new();
+        let app = app(&background, Router::new());
+        let answer = get(&app, "/admin/jobs").await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+        let error = answer.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("no durable store"), "{error}");
+        let retry = post_to(&app, "/admin/jobs/1/retry").await;
+        assert_eq!(retry.status, StatusCode::NOT_FOUND);
+    }
+}

@@ -894,3 +894,177 @@ async fn with_100k_tasks_in_flight_a_refresh_is_small_and_the_page_stays_live() 
     assert_eq!(stats.completed + stats.cancelled, TOTAL as u64, "{stats:?}");
     assert!(stats.cancelled >= (TOTAL - 1 - QUEUED) as u64, "{stats:?}");
 }
+
+/// The "Stored jobs" card: a discarded job with its error as text, and its
+/// Retry button, which runs it again (this time it completes).
+#[cfg(feature = "durable-sqlite")]
+mod stored_jobs {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum_background::durable::{DurableStore, DurableTask, JobId, JobState};
+    use axum_background::{BackgroundTask, BoxError, RetryPolicy, TaskConfig, mode};
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// Whether `FailsUntilFixed` fails.
+    static BROKEN: AtomicBool = AtomicBool::new(true);
+
+    #[derive(Serialize, Deserialize)]
+    struct FailsUntilFixed;
+
+    impl BackgroundTask for FailsUntilFixed {
+        type Mode = mode::Async;
+        async fn run(self) -> Result<(), BoxError> {
+            if BROKEN.load(Ordering::SeqCst) {
+                return Err(XSS_ERROR.into());
+            }
+            Ok(())
+        }
+    }
+
+    impl DurableTask for FailsUntilFixed {
+        const NAME: &'static str = "fails_until_fixed";
+    }
+
+    /// Waits (up to 60 s) until the job is in `state`.
+    async fn wait_state(background: &Background, id: JobId, state: JobState) {
+        let wait = async {
+            loop {
+                if background.durable().job(id).await.expect("the job").state == state {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("job {id} not {state:?} in 60 s"));
+    }
+
+    /// What the card shows.
+    async fn card_state(client: &Client) -> Value {
+        const SCRIPT: &str = r##"
+            const card = document.getElementById("jobs-card");
+            const rows = (table) => [...document.querySelectorAll("#jobs-" + table + " tbody tr")]
+                .map((row) => ({ id: Number(row.dataset.jobId), cells: [...row.cells].map((cell) => cell.textContent) }));
+            return {
+                hidden: card.hidden,
+                counts: [...document.querySelectorAll("#job-counts .badge")].map((badge) => badge.textContent),
+                discarded: rows("discarded"),
+                retrying: rows("retrying"),
+                injected: card.querySelectorAll("img, script, b").length,
+                actions: [...document.querySelectorAll("#actions li")].map((li) => li.textContent),
+            };
+        "##;
+        client.execute(SCRIPT, vec![]).await.expect("the card")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stored_jobs_card_shows_a_discarded_job_and_retries_it_in_a_real_browser() {
+        let Some((driver_binary, browser)) = browser_or_skip() else {
+            return;
+        };
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-browser-jobs.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let store = DurableStore::sqlite(&path).await.expect("the store");
+        let background = Background::builder()
+            .durable(store)
+            .register_with::<FailsUntilFixed>(
+                TaskConfig::builder()
+                    .retry(RetryPolicy::attempts(1))
+                    .build(),
+            )
+            .build();
+        let id = background
+            .durable()
+            .schedule(FailsUntilFixed)
+            .await
+            .expect("written")
+            .expect("now")
+            .id;
+        wait_state(&background, id, JobState::Discarded).await;
+        let app = Router::new()
+            .nest_service("/admin", background.admin_router())
+            .layer(background.layer());
+        let addr = util::serve(app).await;
+
+        let profile = fresh_profile();
+        let chromedriver = Chromedriver::start(&driver_binary).await;
+        let client = chromedriver.session(&browser, &profile).await;
+        within("the page", client.goto(&format!("http://{addr}/admin/")))
+            .await
+            .expect("goto");
+        let state = poll("the discarded job listed", async || {
+            let state = card_state(&client).await;
+            (state["discarded"].as_array()?.len() == 1).then_some(state)
+        })
+        .await;
+        assert_eq!(state["hidden"], false, "{state}");
+        assert!(
+            state["counts"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("discarded 1")),
+            "{state}"
+        );
+        let row = &state["discarded"][0];
+        assert_eq!(row["id"], id.as_i64(), "{state}");
+        assert_eq!(row["cells"][0], "fails_until_fixed", "{state}");
+        assert_eq!(row["cells"][1], format!("#{id}"), "{state}");
+        assert_eq!(row["cells"][2], "1", "{state}");
+        assert!(
+            row["cells"][3]
+                .as_str()
+                .is_some_and(|error| error.contains(XSS_ERROR)),
+            "the error as text: {state}"
+        );
+        assert!(
+            row["cells"][4]
+                .as_str()
+                .is_some_and(|when| when.ends_with("ago")),
+            "{state}"
+        );
+        assert_eq!(
+            state["injected"], 0,
+            "no element came from a string: {state}"
+        );
+        assert_eq!(state["retrying"], json!([]), "{state}");
+
+        // Fixed: Retry runs it again, and it completes.
+        BROKEN.store(false, Ordering::SeqCst);
+        click(
+            &client,
+            &format!("tr[data-job-id='{id}'] button[data-action='retry']"),
+        )
+        .await;
+        wait_state(&background, id, JobState::Completed).await;
+        let state = poll("the page to show it completed", async || {
+            let state = card_state(&client).await;
+            let shown = state["discarded"].as_array()?.is_empty()
+                && state["counts"].as_array()?.contains(&json!("completed 1"))
+                && state["actions"][0]
+                    .as_str()
+                    .is_some_and(|action| action.contains("fails_until_fixed: retried"));
+            shown.then_some(state)
+        })
+        .await;
+        assert!(
+            state["counts"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("discarded 0")),
+            "{state}"
+        );
+        save_screenshot(&client, "admin-jobs.png").await;
+
+        within("the session to close", client.close())
+            .await
+            .expect("close");
+        drop(chromedriver);
+        let _ = std::fs::remove_dir_all(&profile);
+        within("shutdown", background.shutdown(Duration::from_secs(5))).await;
+    }
+}

@@ -1,5 +1,6 @@
-//! An admin router: the tasks in flight, the counters and a cancel button, as
-//! JSON and as a live HTML page.
+//! An admin router: the tasks in flight, the counters and a cancel button,
+//! and (with a durable store) the stored jobs with retry and cancel
+//! buttons, as JSON and as a live HTML page.
 //!
 //! [`Background::admin_router`](crate::Background::admin_router) returns an
 //! axum [`Router`](axum::Router) to mount where the application chooses,
@@ -13,11 +14,15 @@
 //! | `GET /periodic` | `{"periodic": [..]}`: each periodic task with its schedule, the time to its next run, its last run, and whether it is durable |
 //! | `GET /failures` | `{"failures": [..]}`: the recent failures, newest first (name, request, attempts, kind, error text, when; see [`BackgroundBuilder::recent_failures`](crate::BackgroundBuilder::recent_failures)) |
 //! | `POST /tasks/{id}/cancel` | [`Background::cancel`](crate::Background::cancel): `200` cancelled, `404` unknown id, `409` already ended, `400` malformed id, `403` sent by a browser from another site (see Security) |
+//! | `GET /jobs` | with `durable-sqlite` or `durable-postgres`: the stored jobs of the durable store, counted by state (up to 1,000 each), and the newest 50 retrying and 50 discarded jobs with their errors (see JSON); `404` with an `error` when the `Background` has no store |
+//! | `POST /jobs/{id}/cancel` | `DurableTasks::cancel`: `200` with the job as it is after the request (a finished job is left as it is), `404` unknown id or no store, `400` malformed id, `403` sent by a browser from another site |
+//! | `POST /jobs/{id}/retry` | `DurableTasks::retry`: `200` with the job as it is after the request (a discarded or cancelled one is waiting again), `404` unknown id or no store, `400` malformed id, `403` sent by a browser from another site |
 //!
 //! # Security
 //!
 //! **Mount it behind the application's own authentication.** It shows
-//! internals (task names, request paths, counters) and it can cancel work.
+//! internals (task names, request paths, counters, stored jobs' errors) and
+//! it can cancel work and run stored jobs again.
 //! The router has no authentication of its own; put it under a layer that
 //! has, as below.
 //!
@@ -26,8 +31,8 @@
 //! `Content-Security-Policy` that allows its own inline script and requests
 //! to its own origin only); the page inserts task names and paths as text,
 //! never as HTML; the JSON escapes `<`, `>` and `&` as `\u003c`, `\u003e`
-//! and `\u0026`, so it is inert even if pasted into HTML; and a cancel sent
-//! by a browser from another site (`Sec-Fetch-Site` other than
+//! and `\u0026`, so it is inert even if pasted into HTML; and a cancel or a
+//! retry sent by a browser from another site (`Sec-Fetch-Site` other than
 //! `same-origin`, or an `Origin` that is not the request's host) is refused
 //! with `403`, so a cookie session cannot be used from a page elsewhere.
 //! Clients that are not browsers (curl, scripts) send neither header and are
@@ -147,7 +152,45 @@
 //!
 //! `POST /tasks/{id}/cancel`: `{"id": 7, "outcome": "cancelled"}`; an error
 //! is `{"error": "..."}` with its status.
+//!
+//! `GET /jobs` (with a durable backend compiled, and a store):
+//!
+//! ```json
+//! {
+//!   "counts": {"waiting": 3, "scheduled": 1, "running": 2, "retrying": 1,
+//!              "completed": 1000, "cancelled": 0, "discarded": 1},
+//!   "capped": ["completed"],
+//!   "retrying": [{
+//!     "id": 812, "name": "send_invoice", "state": "retrying", "attempts": 2,
+//!     "errors": [{"attempt": 1, "at_unix_ms": 1767225600000, "error": "smtp: 421 try later"},
+//!                {"attempt": 2, "at_unix_ms": 1767225601000, "error": "smtp: 421 try later"}],
+//!     "scheduled_at_unix_ms": 1767225632000, "finalized_at_unix_ms": null
+//!   }],
+//!   "discarded": [],
+//!   "now_unix_ms": 1767225605000
+//! }
+//! ```
+//!
+//! - `counts`: the jobs of the store's queue by state. The store has no
+//!   count query: each state is counted by listing it, up to **1,000**
+//!   jobs. A state that reaches that is named in `capped`, and its count
+//!   means "1,000 or more" (the page shows `1,000+`). One answer is seven
+//!   indexed queries, run together, reading up to 7,000 rows: cheap for a
+//!   queue of a few thousand jobs, not free past that.
+//! - `retrying` and `discarded`: the newest 50 of each (by id), each with
+//!   its most recent 3 errors, oldest first, each cut to 200 characters;
+//!   a refresh of the page stays small however many jobs fail.
+//! - Times are milliseconds since the Unix epoch, on the server's clock
+//!   (`now_unix_ms`): `scheduled_at_unix_ms` is when a retrying job runs
+//!   next, `finalized_at_unix_ms` when a discarded one was given up.
+//!
+//! `POST /jobs/{id}/cancel` and `POST /jobs/{id}/retry` answer the job, in
+//! the shape of one entry above. The page asks for `GET /jobs` with each
+//! refresh while its first answer was a success; a `404` (no store, or no
+//! durable backend compiled) hides its "Stored jobs" card.
 
+#[cfg(feature = "_durable")]
+mod jobs;
 mod json;
 mod listing;
 mod page;

@@ -5,7 +5,7 @@ use axum::response::Html;
 /// The page: markup, style and a small script, no external resource.
 ///
 /// Its script takes the page's own path, with a `/` added if it has none, as
-/// the base of `tasks`, `stats` and `tasks/{id}/cancel`: the page works under
+/// the base of `tasks`, `stats`, `jobs` and the rest: the page works under
 /// any prefix, at `/admin` as at `/admin/`.
 const PAGE: &str = include_str!("page.html");
 

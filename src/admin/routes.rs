@@ -41,13 +41,21 @@ impl Background {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
     pub fn admin_router(&self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/", get(page::index))
             .route("/tasks", get(tasks))
             .route("/stats", get(stats))
             .route("/periodic", get(periodic))
             .route("/failures", get(failures))
-            .route("/tasks/{id}/cancel", post(cancel))
+            .route("/tasks/{id}/cancel", post(cancel));
+        // Served whether or not this `Background` has a store: without one,
+        // `GET /jobs` is a 404 that says so (the page then hides its card).
+        #[cfg(feature = "_durable")]
+        let router = router
+            .route("/jobs", get(super::jobs::list))
+            .route("/jobs/{id}/cancel", post(super::jobs::cancel))
+            .route("/jobs/{id}/retry", post(super::jobs::retry));
+        router
             .layer(map_response(admin_headers))
             .with_state(self.clone())
     }
@@ -163,7 +171,7 @@ fn parse_id(raw: &str) -> Option<TaskId> {
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
+pub(super) fn error(status: StatusCode, message: String) -> Response {
     json::response(status, &ErrorBody { error: message })
 }
 
@@ -171,7 +179,7 @@ fn error(status: StatusCode, message: String) -> Response {
 ///
 /// Browsers send `Sec-Fetch-Site` (and older ones at least `Origin` on a
 /// cross-origin `POST`); other clients send neither, and pass.
-fn is_cross_site(headers: &HeaderMap, uri: &Uri) -> bool {
+pub(super) fn is_cross_site(headers: &HeaderMap, uri: &Uri) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return !matches!(site.as_bytes(), b"same-origin" | b"none");
     }

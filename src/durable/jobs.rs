@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use riverqueue::query::JobListParams;
-use riverqueue::{JobRow, JobState as EngineState};
+use riverqueue::{JobRow, JobState as EngineState, SortDirection};
 
 use super::worker::GIVEN_UP_KEY;
 use super::{Durable, DurableError, DurableTasks, JobId};
@@ -41,6 +41,19 @@ impl JobState {
             EngineState::Discarded => JobState::Discarded,
             // Available, pending, and any state a later engine adds.
             _ => JobState::Waiting,
+        }
+    }
+
+    /// The engine's states this one stands for (waiting is two of them).
+    fn engine_states(self) -> &'static [EngineState] {
+        match self {
+            JobState::Waiting => &[EngineState::Available, EngineState::Pending],
+            JobState::Scheduled => &[EngineState::Scheduled],
+            JobState::Running => &[EngineState::Running],
+            JobState::Retrying => &[EngineState::Retryable],
+            JobState::Completed => &[EngineState::Completed],
+            JobState::Cancelled => &[EngineState::Cancelled],
+            JobState::Discarded => &[EngineState::Discarded],
         }
     }
 
@@ -160,6 +173,34 @@ impl DurableTasks {
         let (durable, _) = Durable::of(shared)?;
         let row = durable.client(shared)?.jobs().retry(id.0).await?;
         Ok(JobInfo::of(row))
+    }
+
+    /// The jobs of this store's queue in `state`, newest first (by id), at
+    /// most `limit` of them (clamped to 1 through 10,000, the engine's range).
+    ///
+    /// The engine has no count: the admin router counts a state by listing
+    /// it up to a cap, and says when the cap was reached. One indexed query,
+    /// whose rows (arguments included) are read in full.
+    ///
+    /// # Errors
+    ///
+    /// [`DurableError::NotConfigured`] without a store;
+    /// [`DurableError::Store`] if the query fails.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) async fn list(
+        &self,
+        state: JobState,
+        limit: u32,
+    ) -> Result<Vec<JobInfo>, DurableError> {
+        let shared = self.tasks.shared();
+        let (durable, store) = Durable::of(shared)?;
+        let params = JobListParams::default()
+            .queues([store.options.queue.clone()])
+            .states(state.engine_states().iter().copied())
+            .direction(SortDirection::Descending)
+            .limit(limit.clamp(1, 10_000));
+        let listed = durable.client(shared)?.jobs().list(params).await?;
+        Ok(listed.jobs.into_iter().map(JobInfo::of).collect())
     }
 
     /// Resolves once the queue has no job ready to run, running or waiting

@@ -19,8 +19,8 @@ use super::DurableError;
 
 /// Where durable tasks are kept, and how this process works on them.
 ///
-/// [`sqlite`](Self::sqlite) is the embedded default: one file, nothing to
-/// install, workers in this process. [`postgres`](Self::postgres) lets
+/// `DurableStore::sqlite` is the embedded default: one file, nothing to
+/// install, workers in this process. `DurableStore::postgres` lets
 /// several processes (on several machines) share one queue: each runs its
 /// own workers, or none ([`without_workers`](Self::without_workers)) and only
 /// schedules.
