@@ -996,6 +996,19 @@ async fn failures_lists_the_recent_failures_newest_first_escaped() {
         "{list}"
     );
     assert_eq!(failures[1]["name"], "older", "{list}");
+
+    // A long error is cut, so that a refresh stays small.
+    let long = "x".repeat(10_000);
+    background
+        .task()
+        .name("long")
+        .build()
+        .schedule(async move { Err::<(), axum_background::BoxError>(long.into()) });
+    within("idle", background.wait_idle()).await;
+    let list = get(&app, "/admin/failures").await.json();
+    let error = list["failures"][0]["error"].as_str().expect("an error");
+    assert_eq!(error.chars().count(), 201, "200 characters and an ellipsis");
+    assert!(error.ends_with('…'), "{error}");
     assert_eq!(failures[1]["path"], Value::Null, "{list}");
 }
 

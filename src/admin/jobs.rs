@@ -127,10 +127,7 @@ impl JobEntry {
 
 /// `text`, at most [`ERROR_CHARS`] characters of it.
 fn cut(text: String) -> String {
-    match text.char_indices().nth(ERROR_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text,
-    }
+    super::json::shorten(text, ERROR_CHARS)
 }
 
 fn unix_ms(time: SystemTime) -> u64 {

@@ -136,6 +136,18 @@ impl<'a> TaskEntry<'a> {
     }
 }
 
+/// An error's text in a list is cut to this many characters (and `…`), so
+/// that a refresh stays small whatever the errors say.
+const ERROR_CHARS: usize = 200;
+
+/// `text`, at most `chars` characters of it (and `…` if it was longer).
+pub(super) fn shorten(text: String, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
 /// Whole milliseconds, saturating.
 fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -296,7 +308,7 @@ impl<'a> FailureEntry<'a> {
             path: info.path.as_deref(),
             attempts: info.attempts,
             kind: failure.error.kind(),
-            error: failure.error.to_string(),
+            error: shorten(failure.error.to_string(), ERROR_CHARS),
             at_unix_ms: failure
                 .at
                 .duration_since(UNIX_EPOCH)
