@@ -17,7 +17,7 @@ use http::{HeaderMap, StatusCode, Uri};
 use serde::Serialize;
 
 use super::json;
-use super::routes::{error, is_cross_site};
+use super::routes::{admitted_id, error};
 use crate::Background;
 use crate::durable::{DurableError, JobId, JobInfo, JobState};
 
@@ -241,22 +241,10 @@ async fn act(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Response {
-    let verb = action.as_str();
-    if is_cross_site(headers, uri) {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("cross-site request refused: {verb} from the admin page's own origin"),
-        );
-    }
-    let Some(id) = raw.as_ref().ok().and_then(|Path(raw)| parse_id(raw)) else {
-        let shown = match &raw {
-            Ok(Path(raw)) => format!("{raw:?}"),
-            Err(_) => "(not UTF-8)".into(),
-        };
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid job id {shown}: job ids are positive integers, as in jobs/42/{verb}"),
-        );
+    let id = match admitted_id(headers, uri, &raw, "job", action.as_str()) {
+        // At most `i64::MAX`: checked.
+        Ok(id) => JobId::from(i64::try_from(id).unwrap_or(i64::MAX)),
+        Err((status, message)) => return error(status, message),
     };
     let durable = background.durable();
     let done = match action {
@@ -269,28 +257,9 @@ async fn act(
     }
 }
 
-/// A job id as the URL gives it: decimal digits only, at least 1.
-fn parse_id(raw: &str) -> Option<JobId> {
-    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    match raw.parse::<i64>() {
-        Ok(0) | Err(_) => None,
-        Ok(n) => Some(JobId::from(n)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_ids_are_positive_decimal_integers() {
-        assert_eq!(parse_id("42"), Some(JobId::from(42)));
-        for bad in ["", "0", "-1", "+1", "abc", "9223372036854775808"] {
-            assert_eq!(parse_id(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn long_errors_are_cut_at_a_character() {

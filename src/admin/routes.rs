@@ -126,24 +126,9 @@ async fn cancel(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if is_cross_site(&headers, &uri) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "cross-site request refused: cancel from the admin page's own origin".into(),
-        );
-    }
-    // A segment that is not UTF-8 once percent-decoded is as malformed as "abc".
-    let Some(id) = raw.as_ref().ok().and_then(|Path(raw)| parse_id(raw)) else {
-        let shown = match &raw {
-            Ok(Path(raw)) => format!("{raw:?}"),
-            Err(_) => "(not UTF-8)".into(),
-        };
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "invalid task id {shown}: task ids are positive integers, as in tasks/42/cancel"
-            ),
-        );
+    let id = match admitted_id(&headers, &uri, &raw, "task", "cancel") {
+        Ok(id) => TaskId::from_u64(id),
+        Err((status, message)) => return error(status, message),
     };
     match background.cancel(id) {
         CancelOutcome::Cancelled => json::response(
@@ -161,14 +146,51 @@ async fn cancel(
 }
 
 /// A task id as the URL gives it: decimal digits only, at least 1.
-fn parse_id(raw: &str) -> Option<TaskId> {
+fn parse_id(raw: &str) -> Option<u64> {
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     match raw.parse::<u64>() {
         Ok(0) | Err(_) => None,
-        Ok(n) => Some(TaskId::from_u64(n)),
+        Ok(n) => Some(n),
     }
+}
+
+/// The id of a `POST /{what}s/{id}/{verb}`, once the request is known to come
+/// from the page's own origin; else why it is refused (`403` for a
+/// cross-site request, `400` for an id that is not a positive integer at most
+/// `i64::MAX`, the largest job id): its status and message.
+pub(super) fn admitted_id(
+    headers: &HeaderMap,
+    uri: &Uri,
+    raw: &Result<Path<String>, PathRejection>,
+    what: &str,
+    verb: &str,
+) -> Result<u64, (StatusCode, String)> {
+    if is_cross_site(headers, uri) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("cross-site request refused: {verb} from the admin page's own origin"),
+        ));
+    }
+    // A segment that is not UTF-8 once percent-decoded is as malformed as "abc".
+    let id = raw
+        .as_ref()
+        .ok()
+        .and_then(|Path(raw)| parse_id(raw))
+        .filter(|&id| i64::try_from(id).is_ok());
+    id.ok_or_else(|| {
+        let shown = match raw {
+            Ok(Path(raw)) => format!("{raw:?}"),
+            Err(_) => "(not UTF-8)".into(),
+        };
+        (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid {what} id {shown}: {what} ids are positive integers, as in {what}s/42/{verb}"
+            ),
+        )
+    })
 }
 
 pub(super) fn error(status: StatusCode, message: String) -> Response {
@@ -230,7 +252,7 @@ mod tests {
 
     #[test]
     fn ids_are_positive_decimal_integers() {
-        assert_eq!(parse_id("42"), Some(TaskId::from_u64(42)));
+        assert_eq!(parse_id("42"), Some(42));
         for bad in [
             "",
             "0",
