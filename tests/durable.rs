@@ -982,7 +982,9 @@ impl StoreSpec {
                 let (base, _) = url.rsplit_once('/').expect("a URL ending in /<database>");
                 Some(StoreSpec {
                     spec: format!("postgres:{base}/{name}"),
-                    queue: test.replace('_', "-"),
+                    // Not the SQLite twin's: under `cargo test` both record in
+                    // this process, by queue.
+                    queue: format!("{}-pg", test.replace('_', "-")),
                 })
             }
             Err(_) if std::env::var_os("CI").is_some() => {
