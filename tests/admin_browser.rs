@@ -110,8 +110,12 @@ fn browser_or_skip() -> Option<(PathBuf, PathBuf)> {
 
 /// A fresh browser profile for this test process.
 fn fresh_profile() -> PathBuf {
+    // One per browser: under `cargo test` the browser tests run at once in
+    // one process, and two browsers must never share (or remove) a profile.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let profile = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("admin-browser-profile-{}", std::process::id()));
+        .join(format!("admin-browser-profile-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
     profile
 }
