@@ -8,6 +8,9 @@
 //! bench_durable <side> <backend> <mode> [N]
 //!   side     crate           DurableStore::from_*_pool(pool built here) + Background
 //!            river           riverqueue::Client on a pool built here, the same settings
+//!            river-wrapped   as river, with the crate's stored form of the job
+//!                            (`{"task": {..}}`, decoded in the worker): a diagnostic
+//!                            that tells the crate's code from its job format
 //!            crate-defaults  DurableStore::sqlite(path) / DurableStore::postgres(url), untouched
 //!   backend  sqlite          a fresh file in $BENCH_DURABLE_DIR (default: the temp dir)
 //!            pg              a fresh database (CREATE DATABASE) on $AXUM_BACKGROUND_PG_URL
@@ -27,9 +30,12 @@
 //! A job counts its own completion (an atomic and a `Notify`, the same code on
 //! both sides): nothing polls the database in the timed path.
 //!
-//! Prints one line, `RESULT {json}`: the rate, the process's CPU time per job,
-//! Postgres's CPU time per job (its processes, read from `/proc`), and how busy
-//! the machine was during the timed window.
+//! Prints one line, `RESULT {json}`: the rate (and, for `e2e`, the rate of the
+//! inserts alone), the process's CPU time per job (user and system too) and
+//! context switches per job, Postgres's CPU time per job (its processes, read
+//! from `/proc`), how busy the machine was during the timed window, and, on
+//! Postgres, the fresh database's transactions and rows returned per job
+//! (`pg_stat_database`, read after the run).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,6 +107,38 @@ async fn river_work(_: WorkContext, _: Job<Trivial>) -> Result<WorkOutcome, BoxE
     Ok(WorkOutcome::Complete)
 }
 
+/// The crate's stored form of a job (`src/durable/worker.rs`, `Stored<T>`),
+/// for River used directly: the task's fields as raw JSON under `task`.
+#[derive(Serialize, Deserialize)]
+struct Wrapped {
+    task: Box<serde_json::value::RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unique: Option<String>,
+}
+
+impl Wrapped {
+    fn new(n: u64) -> Result<Self, BoxError> {
+        Ok(Wrapped {
+            task: serde_json::value::to_raw_value(&Trivial { n })?,
+            unique: None,
+        })
+    }
+}
+
+impl JobArgs for Wrapped {
+    const KIND: &'static str = "bench_trivial";
+
+    fn unique_fields() -> &'static [&'static [&'static str]] {
+        &[&["unique"]]
+    }
+}
+
+async fn river_work_wrapped(_: WorkContext, job: Job<Wrapped>) -> Result<WorkOutcome, BoxError> {
+    let task: Trivial = serde_json::from_str(job.args.task.get())?;
+    task.run().await?;
+    Ok(WorkOutcome::Complete)
+}
+
 static RAN: AtomicUsize = AtomicUsize::new(0);
 static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
 static ALL_RAN: Notify = Notify::const_new();
@@ -116,6 +154,7 @@ fn job_ran() {
 enum SideKind {
     Crate,
     River,
+    RiverWrapped,
     CrateDefaults,
 }
 
@@ -148,6 +187,28 @@ enum Fresh {
 }
 
 impl Fresh {
+    /// Postgres's own counts for the fresh database, once its connections
+    /// have closed (`pg_stat_database`: transactions, rows returned); not
+    /// River's tables. Setup is included (a few dozen transactions).
+    async fn database_stats(&self) -> Option<(i64, i64)> {
+        let Fresh::Database { admin_url, name } = self else {
+            return None;
+        };
+        let admin = PgPool::connect(admin_url).await.ok()?;
+        // Closed backends report their counts as they exit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stats: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT xact_commit + xact_rollback, tup_returned FROM pg_stat_database WHERE datname = $1",
+        )
+        .bind(name)
+        .fetch_optional(&admin)
+        .await
+        .ok()
+        .flatten();
+        admin.close().await;
+        stats
+    }
+
     async fn remove(&self) {
         match self {
             Fresh::File(path) => {
@@ -248,6 +309,7 @@ enum Side {
         client: Client,
         run: Option<RunHandle>,
         pool: Pool,
+        wrapped: bool,
     },
 }
 
@@ -291,7 +353,8 @@ impl Side {
                     .build();
                 Ok(Side::Crate { background, pool })
             }
-            SideKind::River => {
+            SideKind::River | SideKind::RiverWrapped => {
+                let wrapped = kind == SideKind::RiverWrapped;
                 let pool = pool(fresh).await?;
                 let maintenance = MaintenanceConfig::default()
                     .with_rescue_after(RESCUE_AFTER)
@@ -317,7 +380,11 @@ impl Side {
                     .maintenance(maintenance);
                 if workers {
                     let mut registered = Workers::new();
-                    registered.add_fn(river_work)?;
+                    if wrapped {
+                        registered.add_fn(river_work_wrapped)?;
+                    } else {
+                        registered.add_fn(river_work)?;
+                    }
                     builder = builder
                         .queue(
                             QUEUE,
@@ -327,7 +394,12 @@ impl Side {
                 }
                 let client = builder.build()?;
                 let run = if workers { Some(client.start()?) } else { None };
-                Ok(Side::River { client, run, pool })
+                Ok(Side::River {
+                    client,
+                    run,
+                    pool,
+                    wrapped,
+                })
             }
         }
     }
@@ -337,8 +409,19 @@ impl Side {
             Side::Crate { background, .. } => {
                 background.durable().schedule(Trivial { n }).await?;
             }
-            Side::River { client, .. } => {
+            Side::River {
+                client,
+                wrapped: false,
+                ..
+            } => {
                 client.insert(Trivial { n }).opts(river_opts()).await?;
+            }
+            Side::River {
+                client,
+                wrapped: true,
+                ..
+            } => {
+                client.insert(Wrapped::new(n)?).opts(river_opts()).await?;
             }
         }
         Ok(())
@@ -352,10 +435,24 @@ impl Side {
                     .schedule_many(ns.map(|n| Trivial { n }))
                     .await?;
             }
-            Side::River { client, .. } => {
+            Side::River {
+                client,
+                wrapped: false,
+                ..
+            } => {
                 client
                     .insert_many(ns.map(|n| (Trivial { n }, river_opts())))
                     .await?;
+            }
+            Side::River {
+                client,
+                wrapped: true,
+                ..
+            } => {
+                let jobs = ns
+                    .map(|n| Ok((Wrapped::new(n)?, river_opts())))
+                    .collect::<Result<Vec<_>, BoxError>>()?;
+                client.insert_many(jobs).await?;
             }
         }
         Ok(())
@@ -370,7 +467,9 @@ impl Side {
                     pool.close().await;
                 }
             }
-            Side::River { client, run, pool } => {
+            Side::River {
+                client, run, pool, ..
+            } => {
                 if let Some(mut run) = run {
                     let _ = tokio::time::timeout(Duration::from_secs(5), run.stop()).await;
                 }
@@ -419,6 +518,43 @@ struct Machine {
     postgres: u64,
 }
 
+/// This process's user and system CPU time (jiffies, all its threads, from
+/// `/proc/self/stat`) and its threads' context switches (voluntary and not,
+/// summed over `/proc/self/task/*/status`: threads that ended are missed).
+#[derive(Clone, Copy, Default)]
+struct Process {
+    user: u64,
+    system: u64,
+    switches: u64,
+}
+
+fn process() -> Process {
+    let mut sample = Process::default();
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some((_, rest)) = stat.rsplit_once(") ")
+    {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        sample.user = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
+        sample.system = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    }
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            for line in status.lines() {
+                if let Some(count) = line
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                {
+                    sample.switches += count.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    sample
+}
+
 fn machine() -> Machine {
     let mut sample = Machine::default();
     if let Ok(stat) = std::fs::read_to_string("/proc/stat")
@@ -461,14 +597,14 @@ fn machine() -> Machine {
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage =
-        "usage: bench_durable <crate|river|crate-defaults> <sqlite|pg> <enqueue|batch|e2e> [N]";
+    let usage = "usage: bench_durable <crate|river|river-wrapped|crate-defaults> <sqlite|pg> <enqueue|batch|e2e> [N]";
     if args.len() < 3 {
         return Err(usage.into());
     }
     let side = match args[0].as_str() {
         "crate" => SideKind::Crate,
         "river" => SideKind::River,
+        "river-wrapped" => SideKind::RiverWrapped,
         "crate-defaults" => SideKind::CrateDefaults,
         _ => return Err(usage.into()),
     };
@@ -504,7 +640,8 @@ async fn measure(kind: SideKind, backend: &str, mode: Mode, n: usize) -> Result<
             tokio::time::sleep(SETTLE).await;
         }
         TARGET.store(n, Ordering::Relaxed);
-        let (machine0, cpu0, t0) = (machine(), ProcessTime::now(), Instant::now());
+        let (machine0, process0) = (machine(), process());
+        let (cpu0, t0) = (ProcessTime::now(), Instant::now());
         let mut inserted = None;
         match mode {
             Mode::Enqueue => insert_singly(side.clone(), n).await?,
@@ -526,11 +663,13 @@ async fn measure(kind: SideKind, backend: &str, mode: Mode, n: usize) -> Result<
                     })?;
             }
         }
-        let (secs, cpu, machine1) = (t0.elapsed(), cpu0.elapsed(), machine());
+        let (secs, cpu) = (t0.elapsed(), cpu0.elapsed());
+        let (machine1, process1) = (machine(), process());
         // Jobs run twice would show here (at least once); none are expected.
         let ran = RAN.load(Ordering::Relaxed);
         let side = Arc::into_inner(side).ok_or("callers still hold the side")?;
         side.close().await;
+        let database = fresh.database_stats().await;
         let total = (machine1.total - machine0.total).max(1) as f64;
         let busy_pct = 100.0 * (machine1.busy - machine0.busy) as f64 / total;
         let postgres_pct = 100.0 * (machine1.postgres - machine0.postgres) as f64 / total;
@@ -542,6 +681,7 @@ async fn measure(kind: SideKind, backend: &str, mode: Mode, n: usize) -> Result<
             "side": match kind {
                 SideKind::Crate => "crate",
                 SideKind::River => "river",
+                SideKind::RiverWrapped => "river-wrapped",
                 SideKind::CrateDefaults => "crate-defaults",
             },
             "backend": backend,
@@ -552,16 +692,22 @@ async fn measure(kind: SideKind, backend: &str, mode: Mode, n: usize) -> Result<
             "insert_rate": inserted.map(|d| n as f64 / d.as_secs_f64()),
             "ran": ran,
             "cpu_us_per_job": cpu.as_secs_f64() * 1e6 / n as f64,
+            "user_us_per_job": (process1.user - process0.user) as f64 * jiffy * 1e6 / n as f64,
+            "sys_us_per_job": (process1.system - process0.system) as f64 * jiffy * 1e6 / n as f64,
+            "switches_per_job": process1.switches.saturating_sub(process0.switches) as f64 / n as f64,
             "pg_cpu_us_per_job": (machine1.postgres - machine0.postgres) as f64 * jiffy * 1e6 / n as f64,
             "machine_busy_pct": busy_pct,
             "own_pct": own_pct,
             "postgres_pct": postgres_pct,
             "others_pct": (busy_pct - own_pct - postgres_pct).max(0.0),
+            "pg_xacts_per_job": database.map(|(xacts, _)| xacts as f64 / n as f64),
+            "pg_rows_returned_per_job": database.map(|(_, rows)| rows as f64 / n as f64),
         });
-        println!("RESULT {result}");
-        Ok::<_, BoxError>(())
+        Ok::<_, BoxError>(result)
     }
     .await;
+    // Removed before printing: a closed stdout cannot leave a database behind.
     fresh.remove().await;
-    result
+    println!("RESULT {}", result?);
+    Ok(())
 }
