@@ -95,11 +95,25 @@ impl DurableStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(DurableError::store)?;
+        // Two processes opening a new file at once contend for its first
+        // write (the switch to WAL): the one that loses is told the database
+        // is locked, and tries again.
+        let mut attempt = 1;
+        let pool = loop {
+            match SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => break pool,
+                Err(error) if attempt < 5 => {
+                    tracing::debug!(%error, attempt, "durable store being opened by another process; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(DurableError::store(error)),
+            }
+        };
         Self::from_sqlite_pool(pool).await
     }
 
