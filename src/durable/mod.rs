@@ -709,9 +709,9 @@ impl DurableTasks {
         task: T,
     ) -> Result<Option<Enqueued>, DurableError> {
         let shared = self.tasks.shared();
-        let (durable, _) = Durable::of(shared)?;
+        let (durable, store) = Durable::of(shared)?;
         let registration = durable.lookup::<T>()?;
-        let (args, opts) = self.stored(&task, durable)?;
+        let (args, opts) = self.stored(&task, durable, registration, store)?;
         let client = durable.client(shared)?.clone();
         match self.tasks.phase().unwrap_or_default() {
             Phase::Immediate => Ok(Some(enqueued(client.insert(args).opts(opts).await?))),
@@ -747,11 +747,11 @@ impl DurableTasks {
         tasks: impl IntoIterator<Item = T>,
     ) -> Result<Vec<Enqueued>, DurableError> {
         let shared = self.tasks.shared();
-        let (durable, _) = Durable::of(shared)?;
-        durable.lookup::<T>()?;
+        let (durable, store) = Durable::of(shared)?;
+        let registration = durable.lookup::<T>()?;
         let jobs = tasks
             .into_iter()
-            .map(|task| self.stored(&task, durable))
+            .map(|task| self.stored(&task, durable, registration, store))
             .collect::<Result<Vec<_>, _>>()?;
         let client = durable.client(shared)?;
         let results = client.insert_many(jobs).await?;
@@ -759,13 +759,14 @@ impl DurableTasks {
     }
 
     /// The stored form of `task` and its insert options.
+    /// `registration` is `T`'s, looked up once per call of the caller.
     fn stored<T: DurableTask>(
         &self,
         task: &T,
         durable: &Durable,
+        registration: &Registration,
+        store: &DurableStore,
     ) -> Result<(Stored<T>, InsertOpts), DurableError> {
-        let registration = durable.lookup::<T>()?;
-        let store = durable.store.as_ref().ok_or(DurableError::NotConfigured)?;
         let key = match &self.unique {
             None => None,
             Some(Unique::Key(key)) => Some(key.clone()),
@@ -773,12 +774,7 @@ impl DurableTasks {
         };
         let unique = key.is_some();
         let args = Stored::new(task, key)?;
-        let mut opts = InsertOpts::default()
-            .with_queue(store.options.queue.clone())
-            .with_max_attempts(worker::max_attempts(
-                registration.options.retry.as_ref(),
-                store,
-            ));
+        let mut opts = durable.insert_opts(registration, store);
         // In the caller's span, now: in a later phase too (this runs in the
         // handler).
         #[cfg(feature = "opentelemetry")]

@@ -87,8 +87,9 @@ impl<'t, X: Transaction> InTransaction<'t, X> {
     /// transaction may hold part of the write: roll it back.
     pub async fn schedule<T: DurableTask>(self, task: T) -> Result<Enqueued, DurableError> {
         let shared = self.tasks.tasks.shared();
-        let (durable, _) = Durable::of(shared)?;
-        let (args, opts) = self.tasks.stored(&task, durable)?;
+        let (durable, store) = Durable::of(shared)?;
+        let registration = durable.lookup::<T>()?;
+        let (args, opts) = self.tasks.stored(&task, durable, registration, store)?;
         let client = durable.client(shared)?;
         Ok(enqueued(self.tx.insert(client, args, opts).await?))
     }
@@ -104,10 +105,11 @@ impl<'t, X: Transaction> InTransaction<'t, X> {
         tasks: impl IntoIterator<Item = T>,
     ) -> Result<Vec<Enqueued>, DurableError> {
         let shared = self.tasks.tasks.shared();
-        let (durable, _) = Durable::of(shared)?;
+        let (durable, store) = Durable::of(shared)?;
+        let registration = durable.lookup::<T>()?;
         let jobs = tasks
             .into_iter()
-            .map(|task| self.tasks.stored(&task, durable))
+            .map(|task| self.tasks.stored(&task, durable, registration, store))
             .collect::<Result<Vec<_>, _>>()?;
         if jobs.is_empty() {
             return Ok(Vec::new());
