@@ -277,13 +277,14 @@ fn start<Md: Mode, A: Attempts>(
     Ok(())
 }
 
-/// The task's `background_task` span (DEBUG), following from its request's.
+/// The task's `background_task` span (DEBUG), following from its request's;
+/// `None` when it is disabled.
 ///
 /// Without any subscriber nothing can see it: it is not even built (with
 /// `tracing`'s `log` feature, building it would format its fields for `log`).
-fn task_span(cell: &TaskCell, scope: Option<&Arc<RequestScope>>) -> tracing::Span {
+fn task_span(cell: &TaskCell, scope: Option<&Arc<RequestScope>>) -> Option<tracing::Span> {
     if !tracing::dispatcher::has_been_set() {
-        return tracing::Span::none();
+        return None;
     }
     let span = tracing::debug_span!(
         "background_task",
@@ -292,11 +293,12 @@ fn task_span(cell: &TaskCell, scope: Option<&Arc<RequestScope>>) -> tracing::Spa
         phase = %cell.phase,
         mode = %cell.mode,
     );
-    if !span.is_disabled() {
-        match scope {
-            Some(scope) => span.follows_from(&scope.span),
-            None => span.follows_from(tracing::Span::current()),
-        };
+    if span.is_disabled() {
+        return None;
     }
-    span
+    match scope {
+        Some(scope) => span.follows_from(&scope.span),
+        None => span.follows_from(tracing::Span::current()),
+    };
+    Some(span)
 }

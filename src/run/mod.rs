@@ -12,6 +12,7 @@ mod simple;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -43,8 +44,10 @@ pub(crate) struct Job<A> {
     /// `Some` for a task started by a request: its place in the request's
     /// start order (see `request.rs`).
     pub(crate) ticket: Option<Ticket>,
-    /// The task's `background_task` span; the whole run is instrumented with it.
-    pub(crate) span: Span,
+    /// The task's `background_task` span, if it is enabled; the whole run is
+    /// instrumented with it. (`None` rather than a disabled span: it is not
+    /// worth carrying, nor dropping, in every task's job.)
+    pub(crate) span: Option<Span>,
 }
 
 /// What a task that waits or is bounded carries.
@@ -108,7 +111,7 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
                 spawn_blocking(runtime, move || {
                     let _permit = permit;
                     let _entered = span.as_ref().map(Span::enter);
-                    driver.block_on(job.run_simple());
+                    drive(&driver, job.run_simple());
                 });
             } else {
                 // Waits (for a slot, a deadline, a backoff) happen on the
@@ -152,11 +155,24 @@ impl<A> Job<A> {
         self.extras.as_ref().and_then(|extras| extras.flow.as_ref())
     }
 
-    /// The task's span, if it is enabled (a disabled span is not worth
-    /// carrying in every task's future).
+    /// The task's span, if it is enabled, for its runner to enter.
     fn take_span(&mut self) -> Option<Span> {
-        let span = std::mem::replace(&mut self.span, Span::none());
-        (!span.is_disabled()).then_some(span)
+        self.span.take()
+    }
+}
+
+/// Runs a sync task's runner to its end on the blocking thread it was given.
+///
+/// It is polled once first, without a waker: a task that neither waits for
+/// its turn nor awaits an error handler (nearly every one) is over after that
+/// poll, and never pays for entering the runtime with `block_on`. Otherwise
+/// `block_on` polls it again, with a waker that everything it waits on
+/// registers afresh.
+fn drive(runtime: &Handle, run: impl Future<Output = ()>) {
+    let mut run = std::pin::pin!(run);
+    let mut cx = Context::from_waker(Waker::noop());
+    if run.as_mut().poll(&mut cx).is_pending() {
+        runtime.block_on(run);
     }
 }
 
