@@ -9,7 +9,8 @@
 //! cargo run --release --features metrics --example cost_probe -- crate prometheus 100000
 //! ```
 //!
-//! Arguments: `bare` or `crate`; the metrics recorder, `none` or (with the
+//! Arguments: `bare` or `crate` (or `bare-sync` and `crate-sync`: the same
+//! with sync closures on the blocking pool, `spawn_blocking` for bare); the metrics recorder, `none` or (with the
 //! `metrics` feature) `prometheus`; the number of tasks; optionally `multi`,
 //! for a multi-thread runtime with 2 workers (the benches' runtime) with the
 //! batches scheduled from a task on it, for a wall-time profile:
@@ -63,6 +64,28 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     }
                 }
             }
+            "bare-sync" => {
+                let mut handles = Vec::with_capacity(BATCH);
+                for _ in 0..tasks / BATCH {
+                    handles.extend((0..BATCH).map(|_| tokio::task::spawn_blocking(|| {})));
+                    for handle in handles.drain(..) {
+                        handle.await?;
+                    }
+                }
+            }
+            "crate-sync" => {
+                let background = Background::new();
+                for _ in 0..tasks / BATCH {
+                    for _ in 0..BATCH {
+                        drop(background.schedule(|| {}));
+                    }
+                    background.wait_idle().await;
+                }
+                let stats = background.stats();
+                if stats.completed != (tasks / BATCH * BATCH) as u64 {
+                    return Err(format!("only {} tasks completed", stats.completed).into());
+                }
+            }
             "crate" | "crate-undetected" => {
                 let background = if variant == "crate" {
                     Background::new()
@@ -82,9 +105,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 }
             }
             other => {
-                return Err(
-                    format!("unknown variant {other:?}: bare, crate or crate-undetected").into(),
-                );
+                return Err(format!(
+                    "unknown variant {other:?}: bare, crate, crate-undetected, bare-sync \
+                         or crate-sync"
+                )
+                .into());
             }
         }
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())

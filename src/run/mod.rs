@@ -106,12 +106,15 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
             let span = job.take_span();
             if job.is_simple() {
                 // One blocking thread does it all; it holds the thread permit.
+                // The runner is made here, not on the thread: the closure
+                // tokio moves around is the small runner, not the job.
                 let permit = job.blocking.take_if(|permit| permit.is_held());
+                let run = job.run_simple();
                 let driver = runtime.clone();
                 spawn_blocking(runtime, move || {
                     let _permit = permit;
                     let _entered = span.as_ref().map(Span::enter);
-                    drive(&driver, job.run_simple());
+                    drive(&driver, run);
                 });
             } else {
                 // Waits (for a slot, a deadline, a backoff) happen on the
