@@ -91,6 +91,7 @@ impl fmt::Debug for TaskContext {
 
 /// Calls `f` with `cell` as the current task on this thread; the previous
 /// one is back when `f` returns or unwinds.
+#[inline]
 pub(crate) fn enter<R>(cell: &Arc<TaskCell>, f: impl FnOnce() -> R) -> R {
     /// Puts the previous task back, on return and on unwind alike.
     struct Restore(Option<Arc<TaskCell>>);

@@ -119,6 +119,7 @@ async fn report(cell: &TaskCell, was_started: bool) {
 /// Takes a reported task out: counts it, publishes its outcome to its
 /// handle, and removes it from the registry (the counters come first, so
 /// they are final when `wait_idle` sees the registry empty).
+#[inline(always)]
 fn take_out(cell: &TaskCell, was_started: bool) {
     let registry = &cell.shared.registry;
     let outcome = cell.decided_outcome();

@@ -80,7 +80,7 @@ impl TaskOptions {
     /// name), then the default config's. The phase: the task's, then the
     /// scheduler's (`after_route()`, ..), then the default config's, then
     /// [`Phase::Immediate`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn resolve(
         &self,
         default: &TaskOptions,

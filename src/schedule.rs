@@ -231,7 +231,7 @@ fn admit<Md: Mode, A: Attempts>(
 /// Makes the task's cell and registers it. Registered before `closing` is
 /// checked: shutdown sets `closing` before it reads the registry, so a task
 /// either is seen by shutdown or sees `closing` at its admission.
-#[inline]
+#[inline(always)]
 fn register(shared: &Shared, task: NewTask) -> Arc<TaskCell> {
     // The id is taken here: a unique task's duplicate takes none.
     let cell = Arc::new(TaskCell::new(task, shared.registry.next_id()));

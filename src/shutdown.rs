@@ -212,6 +212,10 @@ async fn ended_past_deadline(cell: &TaskCell) {
 
 /// Resolves when `cell` has ended (its handler, if any, has returned).
 async fn cell_ended(cell: &TaskCell) {
+    // Most have, by the time shutdown looks: those need no `Notify`.
+    if cell.is_ended() {
+        return;
+    }
     loop {
         let notified = cell.notified();
         if cell.is_ended() {

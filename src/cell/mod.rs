@@ -6,8 +6,10 @@
 //! - Who may start and end the task is the protocol of `state.rs` (with its
 //!   own invariants and a `loom` model): the task starts at most once, its
 //!   end is claimed once, and the claimant alone decides the outcome (a
-//!   success in the state itself, a failure in `outcome`) before reporting,
-//!   and publishes it.
+//!   success or a cancellation in the state itself, any other error in the
+//!   `rare` part's `outcome`) before reporting, and publishes it.
+//! - The `rare` part is made on first use, at most once, and never taken
+//!   away: by a failure's claim, a token's creation or a handle future.
 //! - `started` is 0 until the task starts, then set once (by the runner,
 //!   after winning the start).
 //! - A cancellation request is a flag, then a wake: `cancel_requested` is
@@ -16,7 +18,8 @@
 //!   birth (the two `SeqCst` fences pair, so one side always sees the other).
 //! - Handle futures are woken at a start and at the end only once one is
 //!   `watched` (the flag is set before they check the state, the state is
-//!   written before the waker checks the flag: `SeqCst` on both sides).
+//!   written before the waker checks the flag: `SeqCst` on both sides). The
+//!   `rare` part that holds their `Notify` is made before the flag is set.
 
 mod state;
 
@@ -40,8 +43,8 @@ use crate::name::TaskName;
 use crate::registry::{Counters, Entry};
 use crate::{Phase, TaskError, TaskId, TaskInfo};
 
-use state::TaskState;
 pub(crate) use state::{Claim, Claimant};
+use state::{Recorded, TaskState};
 
 /// In `started`: the task has not started, and the rest of the word says
 /// when it falls due.
@@ -85,18 +88,29 @@ pub(crate) struct TaskCell {
     /// never); see `blocking`.
     blocked_ms: AtomicU32,
     cancel_requested: AtomicBool,
+    /// Set (for good) once a handle future waits on the task: its start and
+    /// end ring `rare`'s `notify` from then on.
+    watched: AtomicBool,
     /// The running future's waker, woken by `request_cancel`.
     waker: AtomicWaker,
-    /// `Some` once the task has asked for a token (see `TaskContext`).
-    token: OnceLock<CancellationToken>,
-    /// Set once, by whoever moves the state to `FINISHING`.
-    outcome: OnceLock<Result<(), TaskError>>,
+    /// What few tasks need, made on first use: most tasks succeed (or are
+    /// cancelled), ask for no token and are never awaited, and so never pay
+    /// for it, in time or in memory.
+    rare: OnceLock<Box<Rare>>,
     /// The task's metric handles.
     pub(crate) metrics: TaskMetrics,
-    /// Wakes handle futures on start and on end; only rung once one is
-    /// `watched` (most tasks are never awaited).
+}
+
+/// The part of a task's cell that few tasks use.
+#[derive(Default)]
+struct Rare {
+    /// A failure's outcome (a success or a cancellation is recorded in the
+    /// state): set once, by whoever moves the state to `FINISHING`.
+    outcome: OnceLock<Result<(), TaskError>>,
+    /// `Some` once the task has asked for a token (see `TaskContext`).
+    token: OnceLock<CancellationToken>,
+    /// Wakes handle futures on start and on end (see `watched`).
     notify: Notify,
-    watched: AtomicBool,
 }
 
 pub(crate) struct NewTask {
@@ -129,13 +143,16 @@ impl TaskCell {
             attempts: AtomicU32::new(0),
             blocked_ms: AtomicU32::new(0),
             cancel_requested: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-            token: OnceLock::new(),
-            outcome: OnceLock::new(),
-            metrics,
-            notify: Notify::new(),
             watched: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            rare: OnceLock::new(),
+            metrics,
         }
+    }
+
+    /// The rare part, made now if it was not yet.
+    fn rare(&self) -> &Rare {
+        self.rare.get_or_init(Box::default)
     }
 
     /// The task's name (derived from its type when it was given none).
@@ -195,12 +212,15 @@ impl TaskCell {
     /// before the claim can be reported. See `state.rs`.
     #[inline]
     pub(crate) fn claim(&self, claimant: Claimant, outcome: Result<(), TaskError>) -> Claim {
-        let succeeded = outcome.is_ok();
-        self.state.claim(claimant, succeeded, || {
-            // Only the winner of the claim gets here, once; a success is
-            // recorded in the state.
-            if outcome.is_err() {
-                let _ = self.outcome.set(outcome);
+        let recorded = match &outcome {
+            Ok(()) => Recorded::Success,
+            Err(TaskError::Cancelled) => Recorded::Cancellation,
+            Err(_) => Recorded::Elsewhere,
+        };
+        self.state.claim(claimant, recorded, || {
+            // Only the winner of the claim gets here, once.
+            if recorded == Recorded::Elsewhere {
+                let _ = self.rare().outcome.set(outcome);
             }
         })
     }
@@ -248,15 +268,20 @@ impl TaskCell {
     pub(crate) fn notified(&self) -> Notified<'_> {
         // SeqCst, paired with `wake_watchers`: either the waker sees this flag,
         // or the caller's check after it sees the change.
+        // The rare part is made first: a waker that sees the flag finds it.
+        let rare = self.rare();
         self.watched.store(true, Ordering::SeqCst);
-        self.notify.notified()
+        rare.notify.notified()
     }
 
     /// Wakes the futures from `notified`, if there are any. Called after a
     /// SeqCst write of what they check.
     fn wake_watchers(&self) {
         if self.watched.load(Ordering::SeqCst) {
-            self.notify.notify_waiters();
+            // Made before `watched` was set (see `notified`).
+            if let Some(rare) = self.rare.get() {
+                rare.notify.notify_waiters();
+            }
         }
     }
 
@@ -290,10 +315,13 @@ impl TaskCell {
     pub(crate) fn decided_outcome(&self) -> Option<&Result<(), TaskError>> {
         /// What every successful task's outcome reads.
         static SUCCESS: Result<(), TaskError> = Ok(());
-        if self.state.succeeded() {
-            return Some(&SUCCESS);
+        /// What every cancelled task's outcome reads.
+        static CANCELLED: Result<(), TaskError> = Err(TaskError::Cancelled);
+        match self.state.recorded() {
+            Recorded::Success => Some(&SUCCESS),
+            Recorded::Cancellation => Some(&CANCELLED),
+            Recorded::Elsewhere => self.rare.get()?.outcome.get(),
         }
-        self.outcome.get()
     }
 
     /// Asks the running future to stop at its next poll, and fires the
@@ -305,7 +333,7 @@ impl TaskCell {
         // SeqCst fence, paired with the one in `cancellation_token`: either
         // this sees the token, or the token's creator sees the flag.
         fence(Ordering::SeqCst);
-        if let Some(token) = self.token.get() {
+        if let Some(token) = self.rare.get().and_then(|rare| rare.token.get()) {
             token.cancel();
         }
         self.waker.wake();
@@ -314,7 +342,11 @@ impl TaskCell {
     /// The task's token, created on first use; already cancelled if the task
     /// was asked to stop before.
     pub(crate) fn cancellation_token(&self) -> CancellationToken {
-        let token = self.token.get_or_init(CancellationToken::new).clone();
+        let token = self
+            .rare()
+            .token
+            .get_or_init(CancellationToken::new)
+            .clone();
         // SeqCst fence: see `request_cancel`.
         fence(Ordering::SeqCst);
         if self.cancel_requested.load(Ordering::SeqCst) {

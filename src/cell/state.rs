@@ -19,8 +19,9 @@
 //!   comes second and sees the other's bit: that one reports (the runner if
 //!   `DELEGATED` came first, the canceller if `GONE` did), and only it.
 //! - `ENDED` is entered once the report is done ([`TaskState::publish`]).
-//! - `SUCCEEDED` is set, with `FINISHING`, only by a claim whose outcome is a
-//!   success, and never cleared.
+//! - `SUCCEEDED` (`CANCELLED`) is set, with `FINISHING`, only by a claim
+//!   whose outcome is a success (a cancellation), and never cleared; at most
+//!   one of the two is ever set.
 
 #[cfg(axum_background_loom)]
 use loom::sync::atomic::{AtomicU8, Ordering};
@@ -41,6 +42,18 @@ const STAGE: u8 = 3;
 /// Set with `FINISHING` by a claim whose outcome is a success: a success
 /// needs nothing stored besides (the common case stays cheap).
 const SUCCEEDED: u8 = 4;
+/// Set with `FINISHING` by a claim whose outcome is a cancellation: nor does
+/// a cancellation (a shutdown cancels every task in flight at once).
+const CANCELLED: u8 = 8;
+
+/// An outcome the state records by itself, with the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    Success,
+    Cancellation,
+    /// Stored by the claim's `decide`, outside the state.
+    Elsewhere,
+}
 
 /// `handoff`: a canceller left the report of its claim to the runner.
 const DELEGATED: u8 = 1;
@@ -105,13 +118,13 @@ impl TaskState {
     /// Claims the task's end for `claimant`. The winner's `decide` runs
     /// right after the claim, before any report can be made (it sets the
     /// outcome).
-    /// `succeeded`: the claimant's outcome is a success (recorded in the
-    /// state, so that `decide` has nothing to store).
+    /// `recorded`: whether the claimant's outcome is one the state records
+    /// (then `decide` has nothing to store).
     #[inline]
     pub(crate) fn claim(
         &self,
         claimant: Claimant,
-        succeeded: bool,
+        recorded: Recorded,
         decide: impl FnOnce(),
     ) -> Claim {
         // Acquire: see `publish`. An ended task has been reported (a claim
@@ -121,10 +134,10 @@ impl TaskState {
         if current & STAGE == ENDED {
             return Claim::Lost;
         }
-        let to = if succeeded {
-            FINISHING | SUCCEEDED
-        } else {
-            FINISHING
+        let to = match recorded {
+            Recorded::Success => FINISHING | SUCCEEDED,
+            Recorded::Cancellation => FINISHING | CANCELLED,
+            Recorded::Elsewhere => FINISHING,
         };
         let won = match claimant {
             Claimant::CancelQueued => self.advance(current, to, |state| state == QUEUED),
@@ -211,10 +224,18 @@ impl TaskState {
         self.state.load(Ordering::SeqCst) & STAGE == ENDED
     }
 
-    /// Whether the task's end was claimed with a success.
-    pub(crate) fn succeeded(&self) -> bool {
-        // Acquire: the bit is set by the claim's Release.
-        self.state.load(Ordering::Acquire) & SUCCEEDED != 0
+    /// The outcome recorded with the claim; `Elsewhere` also before the end
+    /// is claimed.
+    pub(crate) fn recorded(&self) -> Recorded {
+        // Acquire: the bits are set by the claim's Release.
+        let state = self.state.load(Ordering::Acquire);
+        if state & SUCCEEDED != 0 {
+            Recorded::Success
+        } else if state & CANCELLED != 0 {
+            Recorded::Cancellation
+        } else {
+            Recorded::Elsewhere
+        }
     }
 
     /// The raw state, for `Debug`.
@@ -234,7 +255,7 @@ mod loom_model {
     use loom::sync::atomic::{AtomicUsize, Ordering};
     use loom::thread;
 
-    use super::{Claim, Claimant, TaskState};
+    use super::{Claim, Claimant, Recorded, TaskState};
 
     struct Task {
         state: TaskState,
@@ -246,8 +267,11 @@ mod loom_model {
     impl Task {
         fn end(&self, claimant: Claimant) -> Claim {
             // The runner's work succeeded; everyone else claims a cancellation.
-            let succeeded = claimant == Claimant::Runner;
-            let claim = self.state.claim(claimant, succeeded, || {
+            let recorded = match claimant {
+                Claimant::Runner => Recorded::Success,
+                _ => Recorded::Cancellation,
+            };
+            let claim = self.state.claim(claimant, recorded, || {
                 self.decided.fetch_add(1, Ordering::SeqCst);
             });
             match claim {
@@ -312,7 +336,12 @@ mod loom_model {
             // The outcome is the runner's success only if its own claim won.
             let runner_won = matches!(claims.0.0, Some(Claim::Report { .. }))
                 && task.left_to_runner.load(Ordering::SeqCst) == 0;
-            assert_eq!(task.state.succeeded(), runner_won, "{claims:?}");
+            let expected = if runner_won {
+                Recorded::Success
+            } else {
+                Recorded::Cancellation
+            };
+            assert_eq!(task.state.recorded(), expected, "{claims:?}");
         });
     }
 

@@ -71,6 +71,7 @@ impl<E: Entry> Registry<E> {
     }
 
     /// Adds a just-scheduled task (counted as queued).
+    #[inline]
     pub(crate) fn insert(&self, entry: &Arc<E>) {
         self.counters.scheduled();
         // Relaxed: the count is only read as "zero or not" after a Release decrement.
@@ -80,6 +81,7 @@ impl<E: Entry> Registry<E> {
 
     /// Removes a task that has ended and been counted
     /// ([`Counters::ended`]).
+    #[inline]
     pub(crate) fn remove(&self, id: TaskId) {
         self.tasks.remove(&id);
         // Release: publishes the counters and the removal to `wait_idle`.
