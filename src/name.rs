@@ -2,6 +2,7 @@
 //! derived from a future's or closure's type path when first read.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 /// The top-level `::`-separated segments of a type path (those inside `<..>`
 /// stay whole), without allocating: names are derived on every `schedule`.
@@ -65,9 +66,29 @@ impl TaskName {
     pub(crate) fn get(&self) -> Cow<'static, str> {
         match self {
             TaskName::Given(name) => name.clone(),
-            TaskName::Derived(path) => Cow::Borrowed(derived_name(path)),
+            TaskName::Derived(path) => Cow::Borrowed(derived_name_again(path)),
         }
     }
+}
+
+/// [`derived_name`], remembered per thread for the last path asked: a
+/// shutdown report or an admin listing reads the names of many tasks of
+/// one type in a row.
+fn derived_name_again(path: &'static str) -> &'static str {
+    thread_local! {
+        static LAST: Cell<Option<(&'static str, &'static str)>> = const { Cell::new(None) };
+    }
+    let same =
+        |seen: &'static str| std::ptr::eq(seen.as_ptr(), path.as_ptr()) && seen.len() == path.len();
+    LAST.try_with(|last| match last.get() {
+        Some((seen, name)) if same(seen) => name,
+        _ => {
+            let name = derived_name(path);
+            last.set(Some((path, name)));
+            name
+        }
+    })
+    .unwrap_or_else(|_| derived_name(path))
 }
 
 /// `app::send_audit::{{closure}}` → `send_audit`;

@@ -111,8 +111,7 @@ impl Background {
         shared.extensions.close().await;
         shared.close();
         let deadline = Instant::now() + grace;
-        let mut cells = shared.registry.entries();
-        cells.sort_by_key(|cell| cell.id);
+        let cells = shared.registry.entries();
         tracing::info!(
             in_flight = cells.len(),
             ?grace,
@@ -134,12 +133,19 @@ impl Background {
         // still running or waiting is cancelled as `cancel` does it, and is
         // overdue; one whose outcome is decided but whose handler is still
         // running is not.
+        // One timer for them all: `ended` counts the tasks seen ended, in
+        // order, until the deadline.
+        let mut ended = 0;
+        let _ = tokio::time::timeout_at(deadline, async {
+            for cell in &cells {
+                cell_ended(cell).await;
+                ended += 1;
+            }
+        })
+        .await;
         let mut overdue = HashSet::new();
-        for cell in &cells {
-            if tokio::time::timeout_at(deadline, cell_ended(cell))
-                .await
-                .is_ok()
-            {
+        for cell in &cells[ended..] {
+            if cell.is_ended() {
                 continue;
             }
             if cancel::cancel(cell).is_cancelled() {
