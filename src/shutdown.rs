@@ -223,11 +223,11 @@ async fn cell_ended(cell: &TaskCell) {
         return;
     }
     loop {
-        let notified = cell.notified();
+        let ended = cell.ended_notified();
         if cell.is_ended() {
             return;
         }
-        notified.await;
+        ended.await;
     }
 }
 

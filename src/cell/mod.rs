@@ -20,11 +20,13 @@
 //!   `watched` (the flag is set before they check the state, the state is
 //!   written before the waker checks the flag: `SeqCst` on both sides). The
 //!   `rare` part that holds their `Notify` is made before the flag is set.
+//!   A shutdown waiting for the task's end is woken the same way, through
+//!   the registry's `ended` (its own flag in `watched`).
 
 mod state;
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -45,6 +47,13 @@ use crate::{Phase, TaskError, TaskId, TaskInfo};
 
 pub(crate) use state::{Claim, Claimant};
 use state::{Recorded, TaskState};
+
+/// In `watched`: a handle future waits on the task; its start and end ring
+/// `rare`'s `notify`.
+const HANDLES: u8 = 1;
+/// In `watched`: a shutdown waits for the task's end, which rings the
+/// registry's `ended`.
+const SHUTDOWN: u8 = 2;
 
 /// In `started`: the task has not started, and the rest of the word says
 /// when it falls due.
@@ -88,9 +97,9 @@ pub(crate) struct TaskCell {
     /// never); see `blocking`.
     blocked_ms: AtomicU32,
     cancel_requested: AtomicBool,
-    /// Set (for good) once a handle future waits on the task: its start and
-    /// end ring `rare`'s `notify` from then on.
-    watched: AtomicBool,
+    /// `HANDLES` and `SHUTDOWN`, each set for good once its kind of waiter
+    /// comes.
+    watched: AtomicU8,
     /// The running future's waker, woken by `request_cancel`.
     waker: AtomicWaker,
     /// What few tasks need, made on first use: most tasks succeed (or are
@@ -143,7 +152,7 @@ impl TaskCell {
             attempts: AtomicU32::new(0),
             blocked_ms: AtomicU32::new(0),
             cancel_requested: AtomicBool::new(false),
-            watched: AtomicBool::new(false),
+            watched: AtomicU8::new(0),
             waker: AtomicWaker::new(),
             rare: OnceLock::new(),
             metrics,
@@ -203,7 +212,7 @@ impl TaskCell {
             // Relaxed: see `info`.
             self.attempts.fetch_add(1, Ordering::Relaxed);
             self.metrics.started(waited);
-            self.wake_watchers();
+            let _ = self.wake_watchers();
         }
         won
     }
@@ -226,10 +235,12 @@ impl TaskCell {
     }
 
     /// Marks the task ended, once its outcome has been reported, and wakes
-    /// every handle future.
+    /// every handle future and a shutdown waiting for it.
     pub(crate) fn publish(&self) {
         self.state.publish();
-        self.wake_watchers();
+        if self.wake_watchers() & SHUTDOWN != 0 {
+            self.shared.registry.ended.notify_waiters();
+        }
     }
 
     /// Records when a delayed task falls due (once, when its phase comes,
@@ -270,19 +281,33 @@ impl TaskCell {
         // or the caller's check after it sees the change.
         // The rare part is made first: a waker that sees the flag finds it.
         let rare = self.rare();
-        self.watched.store(true, Ordering::SeqCst);
+        self.watched.fetch_or(HANDLES, Ordering::SeqCst);
         rare.notify.notified()
     }
 
-    /// Wakes the futures from `notified`, if there are any. Called after a
-    /// SeqCst write of what they check.
-    fn wake_watchers(&self) {
-        if self.watched.load(Ordering::SeqCst) {
-            // Made before `watched` was set (see `notified`).
+    /// A future woken once the task has ended, for a shutdown: as
+    /// [`notified`](Self::notified), but through the registry's `ended`, so
+    /// that waiting for a task's end makes nothing (shutdown waits for every
+    /// task in flight).
+    pub(crate) fn ended_notified(&self) -> Notified<'_> {
+        let notified = self.shared.registry.ended.notified();
+        // SeqCst, paired with `publish`: see `notified`. (The `Notified` is
+        // made first: it hears every `notify_waiters` from then on.)
+        self.watched.fetch_or(SHUTDOWN, Ordering::SeqCst);
+        notified
+    }
+
+    /// Wakes the futures from `notified`, if there are any, and returns who
+    /// watches. Called after a SeqCst write of what they check.
+    fn wake_watchers(&self) -> u8 {
+        let watched = self.watched.load(Ordering::SeqCst);
+        if watched & HANDLES != 0 {
+            // Made before `HANDLES` was set (see `notified`).
             if let Some(rare) = self.rare.get() {
                 rare.notify.notify_waiters();
             }
         }
+        watched
     }
 
     /// Counts one more run of a retried task.

@@ -49,6 +49,9 @@ pub(crate) struct Registry<E> {
     in_flight: AtomicUsize,
     /// Notified when `in_flight` drops to zero.
     idle: Notify,
+    /// Notified when a task a shutdown waits for has ended (see
+    /// `TaskCell::ended_notified`).
+    pub(crate) ended: Notify,
     pub(crate) counters: Counters,
 }
 
@@ -59,6 +62,7 @@ impl<E> Default for Registry<E> {
             next_id: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            ended: Notify::new(),
             counters: Counters::default(),
         }
     }
