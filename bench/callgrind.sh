@@ -13,7 +13,10 @@
 # a unique and a flow-controlled one (one binary, so that they compare);
 # the crate without blocking detection (what the detector costs);
 # the crate with `metrics` and no recorder; the crate with `metrics` and
-# metrics-exporter-prometheus installed.
+# metrics-exporter-prometheus installed; then sync tasks against
+# spawn_blocking, and requests scheduling one task per phase against three
+# tokio::spawn (the probe's bare-sync, crate-sync, bare-phases and
+# crate-phases).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -43,7 +46,7 @@ instructions() {
     local file="$out/$1.$5.callgrind"
     valgrind --tool=callgrind --callgrind-out-file="$file" "$out/probe-$2" "$3" "$4" "$5" >/dev/null 2>&1
     callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$file" |
-        awk '!found && /Runtime::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
+        awk '!found && /(Runtime|CurrentThread)::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
 }
 
 printf '%-44s %12s %12s\n' configuration "Ir/task" "vs crate"
@@ -70,7 +73,7 @@ options() { # variant N -> instructions inside block_on
     local file="$out/options.$1.$2.callgrind"
     valgrind --tool=callgrind --callgrind-out-file="$file" "$out/options" "$1" "$2" >/dev/null 2>&1
     callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$file" |
-        awk '!found && /Runtime::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
+        awk '!found && /(Runtime|CurrentThread)::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
 }
 plain=""
 for variant in plain delayed unique flow rate; do
@@ -79,4 +82,29 @@ for variant in plain delayed unique flow rate; do
     printf '%-44s %12s %12s\n' "options: $variant" "$per_task" \
         "$(awk -v a="$per_task" -v b="$plain" 'BEGIN { printf "%.3fx", a / b }')"
 done
-echo "command: bench/callgrind.sh (valgrind --tool=callgrind, inside block_on, (N=100k - N=20k) / 80k)"
+
+# Sync tasks (their work runs on blocking-pool threads, so every thread's
+# instructions count) and requests (one task per phase, through a router).
+everything() { # binary variant N -> instructions of the whole run, all threads
+    local file="$out/$2.$3.callgrind"
+    valgrind --tool=callgrind --callgrind-out-file="$file" "$out/probe-$1" "$2" none "$3" >/dev/null 2>&1
+    callgrind_annotate --auto=no --threshold=100 "$file" |
+        awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }'
+}
+base=""
+for variant in bare-sync crate-sync; do
+    per_task="$(( ($(everything off "$variant" 10000) - $(everything off "$variant" 2000)) / 8000 ))"
+    [ -z "$base" ] && base="$per_task"
+    printf '%-44s %12s %12s\n' "$variant (all threads, per task)" "$per_task" \
+        "$(awk -v a="$per_task" -v b="$base" 'BEGIN { printf "%.3fx", a / b }')"
+done
+base=""
+for variant in bare-phases crate-phases; do
+    # N tasks are N / 3 requests.
+    per_request="$(( ($(everything off "$variant" 30000) - $(everything off "$variant" 6000)) / 8000 ))"
+    [ -z "$base" ] && base="$per_request"
+    printf '%-44s %12s %12s\n' "$variant (per request, 3 tasks)" "$per_request" \
+        "$(awk -v a="$per_request" -v b="$base" 'BEGIN { printf "%.3fx", a / b }')"
+done
+echo "command: bench/callgrind.sh (valgrind --tool=callgrind, inside block_on, (N=100k - N=20k) / 80k;"
+echo "  sync: whole run, (N=10k - N=2k) / 8k; phases: whole run, per request, (30k - 6k tasks) / 8k requests)"

@@ -10,7 +10,10 @@
 //! ```
 //!
 //! Arguments: `bare` or `crate` (or `bare-sync` and `crate-sync`: the same
-//! with sync closures on the blocking pool, `spawn_blocking` for bare); the metrics recorder, `none` or (with the
+//! with sync closures on the blocking pool, `spawn_blocking` for bare; or
+//! `bare-phases` and `crate-phases`: `N / 3` requests through a router,
+//! `tower`'s `oneshot`, body read, each scheduling one task per phase, three
+//! `tokio::spawn` for bare); the metrics recorder, `none` or (with the
 //! `metrics` feature) `prometheus`; the number of tasks; optionally `multi`,
 //! for a multi-thread runtime with 2 workers (the benches' runtime) with the
 //! batches scheduled from a task on it, for a wall-time profile:
@@ -104,10 +107,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     return Err(format!("only {} tasks completed", stats.completed).into());
                 }
             }
+            "bare-phases" | "crate-phases" => phases(&variant, tasks).await?,
             other => {
                 return Err(format!(
-                    "unknown variant {other:?}: bare, crate, crate-undetected, bare-sync \
-                         or crate-sync"
+                    "unknown variant {other:?}: bare, crate, crate-undetected, bare-sync, \
+                     crate-sync, bare-phases or crate-phases"
                 )
                 .into());
             }
@@ -116,5 +120,66 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     // On a task, so that a multi-thread runtime's workers share the work.
     runtime.block_on(runtime.spawn(run))??;
+    Ok(())
+}
+
+/// Requests, each scheduling three trivial tasks (one per phase), in batches
+/// awaited once every task has run; what `request_phases` measures.
+async fn phases(
+    variant: &str,
+    tasks: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum_background::Tasks;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    fn bump() {
+        RAN.fetch_add(1, Ordering::Relaxed);
+    }
+
+    let background = Background::new();
+    let app = if variant == "crate-phases" {
+        Router::new()
+            .route(
+                "/",
+                get(|tasks: Tasks| async move {
+                    tasks.schedule(async { bump() });
+                    tasks.after_route().schedule(async { bump() });
+                    tasks.after_response().schedule(async { bump() });
+                    "ok"
+                }),
+            )
+            .layer(background.layer())
+    } else {
+        Router::new().route(
+            "/",
+            get(|| async {
+                for _ in 0..3 {
+                    tokio::spawn(async { bump() });
+                }
+                "ok"
+            }),
+        )
+    };
+    // As `axum::serve` does: routes made once, not at every request.
+    let app = app.with_state::<()>(());
+    let requests = BATCH / 3;
+    for batch in 1..=tasks / BATCH {
+        for _ in 0..requests {
+            let request = http::Request::get("/").body(Body::empty())?;
+            let response = app.clone().oneshot(request).await?;
+            response.into_body().collect().await?;
+        }
+        background.wait_idle().await;
+        while RAN.load(Ordering::Relaxed) < batch * requests * 3 {
+            tokio::task::yield_now().await;
+        }
+    }
     Ok(())
 }

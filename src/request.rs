@@ -59,8 +59,10 @@ pub(crate) struct RequestScope {
 struct Pending {
     /// The latest phase reached: tasks of this phase or earlier start at once.
     reached: Phase,
-    after_route: Vec<Deferred>,
-    after_response: Vec<Deferred>,
+    /// Tasks waiting for their phase (after-route or after-response), in
+    /// schedule order: one list, so that a request with tasks in both
+    /// phases makes one allocation for them.
+    deferred: Vec<(Phase, Deferred)>,
     /// Tickets issued so far.
     issued: u32,
 }
@@ -109,10 +111,7 @@ impl RequestScope {
     {
         let mut pending = self.lock();
         if phase > pending.reached {
-            match phase {
-                Phase::AfterRoute => pending.after_route.push(Box::new(start)),
-                _ => pending.after_response.push(Box::new(start)),
-            }
+            pending.deferred.push((phase, Box::new(start)));
             return;
         }
         // Once the request has ended, a task starts at once, in no order.
@@ -132,17 +131,25 @@ impl RequestScope {
             return;
         }
         pending.reached = phase;
-        let mut released = std::mem::take(&mut pending.after_route);
-        if phase >= Phase::AfterResponse {
-            released.append(&mut pending.after_response);
-        }
+        // After-route tasks first, then (once it is reached) after-response
+        // ones, each in schedule order; the ones not reached stay.
+        let mut deferred = std::mem::take(&mut pending.deferred);
         let mut rejected = Vec::new();
-        for start in released {
-            let ticket = self.issue(&mut pending);
+        let mut release = |pending: &mut Pending, start: Deferred| {
+            let ticket = self.issue(pending);
             if let Err(rejection) = start(Some(ticket)) {
                 rejected.push(rejection);
             }
+        };
+        for (_, start) in deferred.extract_if(.., |(at, _)| *at == Phase::AfterRoute) {
+            release(&mut pending, start);
         }
+        if phase >= Phase::AfterResponse {
+            for (_, start) in deferred.drain(..) {
+                release(&mut pending, start);
+            }
+        }
+        pending.deferred = deferred;
         drop(pending);
         for Rejection(report) in rejected {
             report();
@@ -176,8 +183,7 @@ impl fmt::Debug for RequestScope {
         let pending = self.lock();
         f.debug_struct("RequestScope")
             .field("reached", &pending.reached)
-            .field("after_route", &pending.after_route.len())
-            .field("after_response", &pending.after_response.len())
+            .field("deferred", &pending.deferred.len())
             .finish()
     }
 }
