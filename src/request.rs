@@ -61,8 +61,8 @@ struct Pending {
     reached: Phase,
     /// Tasks waiting for their phase (after-route or after-response), in
     /// schedule order: one list, so that a request with tasks in both
-    /// phases makes one allocation for them.
-    deferred: Vec<(Phase, Deferred)>,
+    /// phases makes one allocation for them. `None` once released.
+    deferred: Vec<(Phase, Option<Deferred>)>,
     /// Tickets issued so far.
     issued: u32,
 }
@@ -111,7 +111,7 @@ impl RequestScope {
     {
         let mut pending = self.lock();
         if phase > pending.reached {
-            pending.deferred.push((phase, Box::new(start)));
+            pending.deferred.push((phase, Some(Box::new(start))));
             return;
         }
         // Once the request has ended, a task starts at once, in no order.
@@ -135,20 +135,20 @@ impl RequestScope {
         // ones, each in schedule order; the ones not reached stay.
         let mut deferred = std::mem::take(&mut pending.deferred);
         let mut rejected = Vec::new();
-        let mut release = |pending: &mut Pending, start: Deferred| {
-            let ticket = self.issue(pending);
-            if let Err(rejection) = start(Some(ticket)) {
-                rejected.push(rejection);
+        for released in [Phase::AfterRoute, Phase::AfterResponse] {
+            if released > phase {
+                break;
             }
-        };
-        for (_, start) in deferred.extract_if(.., |(at, _)| *at == Phase::AfterRoute) {
-            release(&mut pending, start);
-        }
-        if phase >= Phase::AfterResponse {
-            for (_, start) in deferred.drain(..) {
-                release(&mut pending, start);
+            for (at, start) in &mut deferred {
+                if let Some(start) = start.take_if(|_| *at == released) {
+                    let ticket = self.issue(&mut pending);
+                    if let Err(rejection) = start(Some(ticket)) {
+                        rejected.push(rejection);
+                    }
+                }
             }
         }
+        deferred.retain(|(_, start)| start.is_some());
         pending.deferred = deferred;
         drop(pending);
         for Rejection(report) in rejected {
