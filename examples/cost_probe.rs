@@ -13,7 +13,8 @@
 //! with sync closures on the blocking pool, `spawn_blocking` for bare; or
 //! `bare-phases` and `crate-phases`: `N / 3` requests through a router,
 //! `tower`'s `oneshot`, body read, each scheduling one task per phase, three
-//! `tokio::spawn` for bare); the metrics recorder, `none` or (with the
+//! `tokio::spawn` for bare; `*-request-sync`: `N` requests scheduling one sync
+//! task each; `*-noop`: `N` requests scheduling nothing, the layer alone); the metrics recorder, `none` or (with the
 //! `metrics` feature) `prometheus`; the number of tasks; optionally `multi`,
 //! for a multi-thread runtime with 2 workers (the benches' runtime) with the
 //! batches scheduled from a task on it, for a wall-time profile:
@@ -107,11 +108,13 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     return Err(format!("only {} tasks completed", stats.completed).into());
                 }
             }
-            "bare-phases" | "crate-phases" => phases(&variant, tasks).await?,
+            "bare-phases" | "crate-phases" | "bare-request-sync" | "crate-request-sync"
+            | "bare-noop" | "crate-noop" => requests(&variant, tasks).await?,
             other => {
                 return Err(format!(
                     "unknown variant {other:?}: bare, crate, crate-undetected, bare-sync, \
-                     crate-sync, bare-phases or crate-phases"
+                     crate-sync, bare-phases, crate-phases, bare-request-sync, \
+                     crate-request-sync, bare-noop or crate-noop"
                 )
                 .into());
             }
@@ -123,9 +126,12 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
-/// Requests, each scheduling three trivial tasks (one per phase), in batches
-/// awaited once every task has run; what `request_phases` measures.
-async fn phases(
+/// Requests through a router with the crate's layer (`crate-*`) or without
+/// it (`bare-*`): `phases` schedules one trivial async task per phase (three
+/// `tokio::spawn` for bare), `request-sync` one sync task (`spawn_blocking`),
+/// `noop` nothing. `tasks` is the number of tasks (of requests, for `noop`);
+/// batches of requests are awaited once every task has run.
+async fn requests(
     variant: &str,
     tasks: usize,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -144,9 +150,14 @@ async fn phases(
     }
 
     let background = Background::new();
-    let app = if variant == "crate-phases" {
-        Router::new()
-            .route(
+    let (kind, with_layer) = match variant.split_once('-') {
+        Some(("crate", kind)) => (kind, true),
+        Some((_, kind)) => (kind, false),
+        None => return Err(format!("not a request variant: {variant:?}").into()),
+    };
+    let (app, per_request) = match (kind, with_layer) {
+        ("phases", true) => (
+            Router::new().route(
                 "/",
                 get(|tasks: Tasks| async move {
                     tasks.schedule(async { bump() });
@@ -154,22 +165,52 @@ async fn phases(
                     tasks.after_response().schedule(async { bump() });
                     "ok"
                 }),
-            )
-            .layer(background.layer())
+            ),
+            3,
+        ),
+        ("phases", false) => (
+            Router::new().route(
+                "/",
+                get(|| async {
+                    for _ in 0..3 {
+                        tokio::spawn(async { bump() });
+                    }
+                    "ok"
+                }),
+            ),
+            3,
+        ),
+        ("request-sync", true) => (
+            Router::new().route(
+                "/",
+                get(|tasks: Tasks| async move {
+                    tasks.schedule(bump);
+                    "ok"
+                }),
+            ),
+            1,
+        ),
+        ("request-sync", false) => (
+            Router::new().route(
+                "/",
+                get(|| async {
+                    tokio::task::spawn_blocking(bump);
+                    "ok"
+                }),
+            ),
+            1,
+        ),
+        ("noop", _) => (Router::new().route("/", get(|| async { "ok" })), 0),
+        _ => return Err(format!("unknown request variant {variant:?}").into()),
+    };
+    let app = if with_layer {
+        app.layer(background.layer())
     } else {
-        Router::new().route(
-            "/",
-            get(|| async {
-                for _ in 0..3 {
-                    tokio::spawn(async { bump() });
-                }
-                "ok"
-            }),
-        )
+        app
     };
     // As `axum::serve` does: routes made once, not at every request.
     let app = app.with_state::<()>(());
-    let requests = BATCH / 3;
+    let requests = BATCH / per_request.max(1);
     for batch in 1..=tasks / BATCH {
         for _ in 0..requests {
             let request = http::Request::get("/").body(Body::empty())?;
@@ -177,7 +218,7 @@ async fn phases(
             response.into_body().collect().await?;
         }
         background.wait_idle().await;
-        while RAN.load(Ordering::Relaxed) < batch * requests * 3 {
+        while RAN.load(Ordering::Relaxed) < batch * requests * per_request {
             tokio::task::yield_now().await;
         }
     }
