@@ -42,11 +42,13 @@ build off
 build metrics --features metrics
 
 # Instructions inside block_on for one run: label binary variant recorder N.
+# The first `block_on` of the inclusive listing is the outermost one (which of
+# tokio's it is named after depends on what the build inlined).
 instructions() {
     local file="$out/$1.$5.callgrind"
     valgrind --tool=callgrind --callgrind-out-file="$file" "$out/probe-$2" "$3" "$4" "$5" >/dev/null 2>&1
     callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$file" |
-        awk '!found && /(Runtime|CurrentThread)::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
+        awk '!found && /::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
 }
 
 printf '%-44s %12s %12s\n' configuration "Ir/task" "vs crate"
@@ -73,7 +75,7 @@ options() { # variant N -> instructions inside block_on
     local file="$out/options.$1.$2.callgrind"
     valgrind --tool=callgrind --callgrind-out-file="$file" "$out/options" "$1" "$2" >/dev/null 2>&1
     callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$file" |
-        awk '!found && /(Runtime|CurrentThread)::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
+        awk '!found && /::block_on \[/ { gsub(",", "", $1); print $1; found = 1 }'
 }
 plain=""
 for variant in plain delayed unique flow rate; do
@@ -89,7 +91,7 @@ everything() { # binary variant N -> instructions of the whole run, all threads
     local file="$out/$2.$3.callgrind"
     valgrind --tool=callgrind --callgrind-out-file="$file" "$out/probe-$1" "$2" none "$3" >/dev/null 2>&1
     callgrind_annotate --auto=no --threshold=100 "$file" |
-        awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }'
+        awk '!found && /PROGRAM TOTALS/ { gsub(",", "", $1); print $1; found = 1 }'
 }
 base=""
 for variant in bare-sync crate-sync; do
@@ -98,13 +100,19 @@ for variant in bare-sync crate-sync; do
     printf '%-44s %12s %12s\n' "$variant (all threads, per task)" "$per_task" \
         "$(awk -v a="$per_task" -v b="$base" 'BEGIN { printf "%.3fx", a / b }')"
 done
-base=""
-for variant in bare-phases crate-phases; do
-    # N tasks are N / 3 requests.
-    per_request="$(( ($(everything off "$variant" 30000) - $(everything off "$variant" 6000)) / 8000 ))"
-    [ -z "$base" ] && base="$per_request"
-    printf '%-44s %12s %12s\n' "$variant (per request, 3 tasks)" "$per_request" \
-        "$(awk -v a="$per_request" -v b="$base" 'BEGIN { printf "%.3fx", a / b }')"
-done
+# Requests: pairs of variant, tasks per request (noop: N counts requests).
+requests() { # bare-variant crate-variant tasks-per-request label
+    local base="" variant per_request
+    for variant in "$1" "$2"; do
+        per_request="$(( ($(everything off "$variant" 30000) - $(everything off "$variant" 6000)) \
+            * ${3/#0/1} / 24000 ))"
+        [ -z "$base" ] && base="$per_request"
+        printf '%-44s %12s %12s\n' "$variant ($4)" "$per_request" \
+            "$(awk -v a="$per_request" -v b="$base" 'BEGIN { printf "%.3fx", a / b }')"
+    done
+}
+requests bare-noop crate-noop 0 "per request, no task"
+requests bare-phases crate-phases 3 "per request, 3 tasks"
+requests bare-request-sync crate-request-sync 1 "per request, 1 sync task"
 echo "command: bench/callgrind.sh (valgrind --tool=callgrind, inside block_on, (N=100k - N=20k) / 80k;"
-echo "  sync: whole run, (N=10k - N=2k) / 8k; phases: whole run, per request, (30k - 6k tasks) / 8k requests)"
+echo "  sync: whole run, (N=10k - N=2k) / 8k; requests: whole run, (N=30k - N=6k) per request)"
