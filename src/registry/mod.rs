@@ -15,6 +15,7 @@
 //!   counters are final when it resolves.
 
 mod counters;
+mod hash;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +25,6 @@ use std::task::{Context, Poll, ready};
 
 use dashmap::DashMap;
 use pin_project_lite::pin_project;
-use rustc_hash::FxBuildHasher;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
@@ -42,9 +42,8 @@ pub(crate) trait Entry {
 /// In-flight tasks by id, with the counters.
 #[derive(Debug)]
 pub(crate) struct Registry<E> {
-    /// Ids are sequential integers: a multiplicative hash spreads them well at
-    /// a fraction of SipHash's cost (nothing here comes from outside).
-    tasks: DashMap<TaskId, Arc<E>, FxBuildHasher>,
+    /// Ids are sequential integers, hashed by runs of 16 (see `hash.rs`).
+    tasks: DashMap<TaskId, Arc<E>, hash::Ids>,
     next_id: AtomicU64,
     in_flight: AtomicUsize,
     /// Notified when `in_flight` drops to zero.
