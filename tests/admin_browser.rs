@@ -152,7 +152,21 @@ struct Chromedriver {
 }
 
 impl Chromedriver {
+    /// Starts a chromedriver on a port of its choosing. Started at the same
+    /// moment as another one (the browser tests of one binary run at once
+    /// under `cargo test`), it may pick the same port and exit ("bind()
+    /// failed: Address already in use"): then another is started, up to three.
     async fn start(binary: &Path) -> Chromedriver {
+        for _ in 0..3 {
+            if let Some(driver) = Chromedriver::try_start(binary).await {
+                return driver;
+            }
+            eprintln!("chromedriver exited before listening: starting another");
+        }
+        panic!("three chromedrivers exited before listening");
+    }
+
+    async fn try_start(binary: &Path) -> Option<Chromedriver> {
         let mut child = Command::new(binary)
             .arg("--port=0")
             .stdout(Stdio::piped())
@@ -165,18 +179,18 @@ impl Chromedriver {
         let port = within_secs(30, "chromedriver to listen", async {
             while let Some(line) = lines.next_line().await.expect("chromedriver output") {
                 if let Some((_, port)) = line.split_once("started successfully on port ") {
-                    return port.trim_end_matches('.').parse::<u16>().expect("a port");
+                    return Some(port.trim_end_matches('.').parse::<u16>().expect("a port"));
                 }
             }
-            panic!("chromedriver exited before listening");
+            None
         })
-        .await;
+        .await?;
         // Keep reading its output so that it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Chromedriver {
+        Some(Chromedriver {
             child,
             url: format!("http://127.0.0.1:{port}"),
-        }
+        })
     }
 
     async fn session(&self, browser: &Path, profile: &Path) -> Client {
