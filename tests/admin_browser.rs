@@ -222,6 +222,36 @@ impl Drop for Chromedriver {
     }
 }
 
+/// A WebDriver session in a Chromium of this test's own: its chromedriver
+/// and its fresh profile.
+struct Browser {
+    client: Client,
+    chromedriver: Chromedriver,
+    profile: PathBuf,
+}
+
+impl Browser {
+    async fn open(driver: &Path, browser: &Path) -> Browser {
+        let profile = fresh_profile();
+        let chromedriver = Chromedriver::start(driver).await;
+        let client = chromedriver.session(browser, &profile).await;
+        Browser {
+            client,
+            chromedriver,
+            profile,
+        }
+    }
+
+    /// Closes the session, stops the chromedriver and removes the profile.
+    async fn close(self) {
+        within("the session to close", self.client.close())
+            .await
+            .expect("close");
+        drop(self.chromedriver);
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
 /// What the page shows, read in one round trip.
 async fn page_state(client: &Client) -> Value {
     const SCRIPT: &str = r##"
@@ -415,16 +445,15 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
     .await;
 
     // The browser, on a fresh profile.
-    let profile = fresh_profile();
-    let chromedriver = Chromedriver::start(&driver_binary).await;
-    let client = chromedriver.session(&browser, &profile).await;
+    let session = Browser::open(&driver_binary, &browser).await;
+    let client = &session.client;
 
     // At `/admin` (no slash): the page's relative URLs must still work.
     within("the page", client.goto(&format!("http://{addr}/admin")))
         .await
         .expect("goto");
     let state = poll("every task listed", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         let listed = [
             &order.receipt,
             &order.charge,
@@ -522,12 +551,12 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
     );
     // A group's name lists its tasks; "Show all" lists every task again.
     click(
-        &client,
+        client,
         r#"tr[data-group='["charge card","immediate","async","running"]'] button"#,
     )
     .await;
     poll("the page to list the group's tasks", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         let ids: Vec<&Value> = state["rows"]
             .as_array()?
             .iter()
@@ -545,9 +574,9 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         shown.then_some(())
     })
     .await;
-    click(&client, "#show-all").await;
+    click(client, "#show-all").await;
     poll("every task listed again", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         (state["rows"].as_array()?.len() == 7 && state["filter"] == "").then_some(())
     })
     .await;
@@ -566,7 +595,7 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         Err(TaskError::Cancelled)
     ));
     let state = poll("the page to show the cancel", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         let shown = row_of(&state, &order.receipt).is_none()
             && state["stats"]["cancelled"] == 1
             && state["actions"][0]
@@ -594,13 +623,13 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         }
         completed += ok;
         poll("the page to count the wave", async || {
-            let state = page_state(&client).await;
+            let state = page_state(client).await;
             (state["stats"]["completed"] == completed).then_some(())
         })
         .await;
     }
     let state = poll("the chart to plot both series", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         let chart = &state["chart"];
         (chart["peakCompleted"].as_f64() > Some(0.0) && chart["peakFailures"].as_f64() > Some(0.0))
             .then_some(state)
@@ -611,13 +640,9 @@ async fn the_page_lists_tasks_and_cancels_one_in_a_real_browser() {
         "the waves' 9 and the card's one: {state}"
     );
 
-    save_screenshot(&client, "admin-dashboard.png").await;
+    save_screenshot(client, "admin-dashboard.png").await;
 
-    within("the session to close", client.close())
-        .await
-        .expect("close");
-    drop(chromedriver);
-    let _ = std::fs::remove_dir_all(&profile);
+    session.close().await;
 
     gate.cancel();
     release_invoice.send(()).unwrap();
@@ -779,14 +804,13 @@ async fn with_100k_tasks_in_flight_a_refresh_is_small_and_the_page_stays_live() 
     assert!(length < 64 * 1024, "{length} bytes");
 
     // The page, in Chromium.
-    let profile = fresh_profile();
-    let chromedriver = Chromedriver::start(&driver_binary).await;
-    let client = chromedriver.session(&browser, &profile).await;
+    let session = Browser::open(&driver_binary, &browser).await;
+    let client = &session.client;
     within("the page", client.goto(&format!("http://{addr}/admin/")))
         .await
         .expect("goto");
     let state = poll("the page to show 100,000 tasks", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         (state["position"] == "1–50 of 100,000").then_some(state)
     })
     .await;
@@ -813,8 +837,8 @@ async fn with_100k_tasks_in_flight_a_refresh_is_small_and_the_page_stays_live() 
     );
 
     // Three seconds of refreshes: each one's transfer and render time.
-    let watched = watch_the_page(&client, 3000).await;
-    let sizes = last_refresh_sizes(&client).await;
+    let watched = watch_the_page(client, 3000).await;
+    let sizes = last_refresh_sizes(client).await;
     eprintln!("100k: three seconds of the page: {watched}");
     eprintln!("100k: the last refresh's requests: {sizes}");
     let refreshes = watched["refreshes"].as_u64().expect("a count");
@@ -848,36 +872,36 @@ async fn with_100k_tasks_in_flight_a_refresh_is_small_and_the_page_stays_live() 
     eprintln!("100k: one refresh transfers {refresh_bytes} bytes");
 
     // The largest groups first, at a click.
-    click(&client, "[data-sort=largest]").await;
+    click(client, "[data-sort=largest]").await;
     let state = poll("the largest group first", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         (state["groups"][0]["count"] == "24,910").then_some(state)
     })
     .await;
     assert_eq!(state["groups"][0]["name"], "send receipt", "{state}");
     assert_eq!(state["groups"][4]["name"], "export", "{state}");
-    save_screenshot(&client, "admin-100k.png").await;
+    save_screenshot(client, "admin-100k.png").await;
 
     // Paging and a group's tasks, at this scale.
-    click(&client, "[data-page=newer]").await;
+    click(client, "[data-page=newer]").await;
     poll("the second page", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         (state["position"] == "51–100 of 100,000").then_some(())
     })
     .await;
-    click(&client, "[data-page=newest]").await;
+    click(client, "[data-page=newest]").await;
     poll("the newest page", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         (state["position"] == "99,951–100,000 of 100,000").then_some(())
     })
     .await;
     click(
-        &client,
+        client,
         r#"tr[data-group='["export","immediate","sync","queued"]'] button"#,
     )
     .await;
     let state = poll("the export group's tasks", async || {
-        let state = page_state(&client).await;
+        let state = page_state(client).await;
         (state["position"] == "1–50 of 239").then_some(state)
     })
     .await;
@@ -890,11 +914,7 @@ async fn with_100k_tasks_in_flight_a_refresh_is_small_and_the_page_stays_live() 
         "{state}"
     );
 
-    within("the session to close", client.close())
-        .await
-        .expect("close");
-    drop(chromedriver);
-    let _ = std::fs::remove_dir_all(&profile);
+    session.close().await;
 
     let stopping = std::time::Instant::now();
     release_export.send(()).unwrap();
@@ -1009,14 +1029,13 @@ mod stored_jobs {
             .layer(background.layer());
         let addr = util::serve(app).await;
 
-        let profile = fresh_profile();
-        let chromedriver = Chromedriver::start(&driver_binary).await;
-        let client = chromedriver.session(&browser, &profile).await;
+        let session = Browser::open(&driver_binary, &browser).await;
+        let client = &session.client;
         within("the page", client.goto(&format!("http://{addr}/admin/")))
             .await
             .expect("goto");
         let state = poll("the discarded job listed", async || {
-            let state = card_state(&client).await;
+            let state = card_state(client).await;
             (state["discarded"].as_array()?.len() == 1).then_some(state)
         })
         .await;
@@ -1054,13 +1073,13 @@ mod stored_jobs {
         // Fixed: Retry runs it again, and it completes.
         BROKEN.store(false, Ordering::SeqCst);
         click(
-            &client,
+            client,
             &format!("tr[data-job-id='{id}'] button[data-action='retry']"),
         )
         .await;
         wait_state(&background, id, JobState::Completed).await;
         let state = poll("the page to show it completed", async || {
-            let state = card_state(&client).await;
+            let state = card_state(client).await;
             let shown = state["discarded"].as_array()?.is_empty()
                 && state["counts"].as_array()?.contains(&json!("completed 1"))
                 && state["actions"][0]
@@ -1076,13 +1095,9 @@ mod stored_jobs {
                 .contains(&json!("discarded 0")),
             "{state}"
         );
-        save_screenshot(&client, "admin-jobs.png").await;
+        save_screenshot(client, "admin-jobs.png").await;
 
-        within("the session to close", client.close())
-            .await
-            .expect("close");
-        drop(chromedriver);
-        let _ = std::fs::remove_dir_all(&profile);
+        session.close().await;
         within("shutdown", background.shutdown(Duration::from_secs(5))).await;
     }
 }
