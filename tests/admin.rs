@@ -1044,7 +1044,6 @@ async fn a_task_blocking_its_thread_is_marked_with_the_time_held() {
 /// The stored jobs of a durable store (`GET /jobs`, its retry and cancel).
 #[cfg(feature = "durable-sqlite")]
 mod stored_jobs {
-    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use axum_background::durable::{DurableStore, DurableTask, JobId, JobState};
@@ -1101,21 +1100,10 @@ mod stored_jobs {
         const NAME: &'static str = "admin_fine";
     }
 
-    /// A fresh SQLite file for `test`.
-    fn sqlite_path(test: &str) -> PathBuf {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-jobs");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{test}.db"));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
-        path
-    }
-
     /// A `Background` on a fresh store: `Fails` given up after one attempt,
     /// `Flaky` retried in ten minutes, `Fine`.
     async fn background(test: &str) -> Background {
-        let store = DurableStore::sqlite(sqlite_path(test))
+        let store = DurableStore::sqlite(util::fresh_sqlite("admin-jobs", test))
             .await
             .expect("the store");
         let once = TaskConfig::builder()

@@ -249,17 +249,6 @@ impl DurableTask for ReadsState {
     const NAME: &'static str = "reads_state";
 }
 
-/// A fresh SQLite file in the target directory.
-fn sqlite_path(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("durable");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{test}.db"));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    path
-}
-
 /// `POST /` to `app`; the response comes back with its body unread.
 async fn post_root(app: Router) -> axum::response::Response {
     let request = http::Request::post("/")
@@ -958,7 +947,7 @@ struct StoreSpec {
 impl StoreSpec {
     fn sqlite(test: &str) -> Self {
         StoreSpec {
-            spec: format!("sqlite:{}", sqlite_path(test).display()),
+            spec: format!("sqlite:{}", util::fresh_sqlite("durable", test).display()),
             queue: test.replace('_', "-"),
         }
     }
@@ -1454,7 +1443,7 @@ async fn a_job_cut_off_by_the_grace_period_goes_back_unspent_and_runs_on_the_nex
 async fn a_job_the_store_refuses_is_an_error_or_goes_to_the_error_handler() {
     let pool = sqlx::SqlitePool::connect(&format!(
         "sqlite://{}?mode=rwc",
-        sqlite_path("refused").display()
+        util::fresh_sqlite("durable", "refused").display()
     ))
     .await
     .unwrap();

@@ -10,7 +10,7 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -197,17 +197,6 @@ fn chain_to(spans: &[SpanData], span: &SpanData, caller: (TraceId, SpanId)) -> V
 // ---------------------------------------------------------------------------
 // Stores and processes.
 
-/// A fresh SQLite file in the target directory.
-fn sqlite_path(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("durable_otel");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{test}.db"));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    path
-}
-
 async fn open(path: &Path, queue: &str) -> DurableStore {
     DurableStore::sqlite(path)
         .await
@@ -299,7 +288,7 @@ async fn schedule_in_child(path: &Path, queue: &str) -> (JobId, TraceId, SpanId)
 #[tokio::test]
 async fn a_job_scheduled_in_one_process_runs_in_its_schedulers_trace_in_another() {
     traces();
-    let path = sqlite_path("across_processes");
+    let path = util::fresh_sqlite("durable_otel", "across_processes");
     let queue = "otel-across-processes";
     let (id, trace, checkout) = schedule_in_child(&path, queue).await;
 
@@ -333,7 +322,7 @@ async fn a_job_scheduled_in_one_process_runs_in_its_schedulers_trace_in_another(
 #[tokio::test]
 async fn a_job_scheduled_outside_any_trace_runs_in_a_fresh_one() {
     traces();
-    let path = sqlite_path("outside_any_trace");
+    let path = util::fresh_sqlite("durable_otel", "outside_any_trace");
     let queue = "otel-outside-any-trace";
     let background = workers(&path, queue).await;
     assert!(tracing::Span::current().is_none());
@@ -388,7 +377,7 @@ async fn checkout(tasks: Tasks) -> &'static str {
 #[tokio::test]
 async fn every_way_of_scheduling_carries_the_callers_trace() {
     traces();
-    let path = sqlite_path("every_way");
+    let path = util::fresh_sqlite("durable_otel", "every_way");
     let queue = "otel-every-way";
     let key = |way: &str| format!("{queue}-{way}");
     let background = workers(&path, queue).await;
