@@ -140,7 +140,7 @@ pub(super) fn list(registry: &Registry<TaskCell>, query: &TasksQuery) -> Listing
         let matches = query
             .filter
             .matches(&key.name, key.phase, key.mode, key.running);
-        tallies.count(key, id, cell.scheduled_at);
+        tallies.count(key, id, cell.scheduled_at());
         if matches {
             total += 1;
             if !page.offer(id, cell) {

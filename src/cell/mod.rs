@@ -8,8 +8,9 @@
 //!   end is claimed once, and the claimant alone decides the outcome (a
 //!   success or a cancellation in the state itself, any other error in the
 //!   `rare` part's `outcome`) before reporting, and publishes it.
-//! - The `rare` part is made on first use, at most once, and never taken
-//!   away: by a failure's claim, a token's creation or a handle future.
+//! - The `rare` part is made on first use and never taken away: by a
+//!   failure's claim, a token's creation or a handle future. Makers that race
+//!   all get the one that was set first (the others' are dropped unused).
 //! - `started` is 0 until the task starts, then set once (by the runner,
 //!   after winning the start).
 //! - A cancellation request is a flag, then a wake: `cancel_requested` is
@@ -28,6 +29,8 @@ mod state;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, OnceLock};
+
+use once_cell::race::OnceBox;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -59,13 +62,10 @@ const SHUTDOWN: u8 = 2;
 /// when it falls due.
 const DUE: u64 = 1 << 63;
 
-/// A `started` word for `after` past `scheduled_at`: its nanoseconds plus
-/// one (never 0, never reaching `DUE`).
-fn since(after: Duration) -> u64 {
-    u64::try_from(after.as_nanos())
-        .unwrap_or(u64::MAX)
-        .min(DUE - 2)
-        + 1
+/// A `started` word for `after` nanoseconds past `scheduled`: plus one
+/// (never 0, never reaching `DUE`).
+fn since(after: u64) -> u64 {
+    after.min(DUE - 2) + 1
 }
 
 /// What the registry, the task's handle and its runner share.
@@ -80,7 +80,9 @@ pub(crate) struct TaskCell {
     pub(crate) shielded: bool,
     /// Whether the task holds a unique key (freed when it ends).
     pub(crate) unique: bool,
-    pub(crate) scheduled_at: Instant,
+    /// When the task was scheduled, as nanoseconds after the registry's
+    /// epoch (half the size of an `Instant`: every task keeps one).
+    scheduled: u64,
     /// `Some` when the task was scheduled from a request.
     pub(crate) request: Option<Arc<RequestMeta>>,
     /// `Some` when the merged config names a handler.
@@ -105,7 +107,7 @@ pub(crate) struct TaskCell {
     /// What few tasks need, made on first use: most tasks succeed (or are
     /// cancelled), ask for no token and are never awaited, and so never pay
     /// for it, in time or in memory.
-    rare: OnceLock<Box<Rare>>,
+    rare: OnceBox<Rare>,
     /// The task's metric handles.
     pub(crate) metrics: TaskMetrics,
 }
@@ -136,6 +138,7 @@ pub(crate) struct NewTask {
 impl TaskCell {
     pub(crate) fn new(task: NewTask, id: TaskId) -> Self {
         let metrics = task.shared.instruments.for_task(&task.name, task.phase);
+        let scheduled = task.shared.registry.since_epoch(Instant::now());
         TaskCell {
             shared: task.shared,
             id,
@@ -144,7 +147,7 @@ impl TaskCell {
             mode: task.mode,
             shielded: task.shielded,
             unique: task.unique,
-            scheduled_at: Instant::now(),
+            scheduled,
             request: task.request,
             on_error: task.on_error,
             state: TaskState::new(),
@@ -154,7 +157,7 @@ impl TaskCell {
             cancel_requested: AtomicBool::new(false),
             watched: AtomicU8::new(0),
             waker: AtomicWaker::new(),
-            rare: OnceLock::new(),
+            rare: OnceBox::new(),
             metrics,
         }
     }
@@ -162,6 +165,11 @@ impl TaskCell {
     /// The rare part, made now if it was not yet.
     fn rare(&self) -> &Rare {
         self.rare.get_or_init(Box::default)
+    }
+
+    /// When the task was scheduled.
+    pub(crate) fn scheduled_at(&self) -> Instant {
+        self.shared.registry.at(self.scheduled)
     }
 
     /// The task's name (derived from its type when it was given none).
@@ -177,7 +185,7 @@ impl TaskCell {
             phase: self.phase,
             mode: self.mode,
             shielded: self.shielded,
-            scheduled_at: self.scheduled_at,
+            scheduled_at: self.scheduled_at(),
             started_at: self.started_at(),
             due_at: self.due_at(),
             method: self.request.as_ref().map(|r| r.method.clone()),
@@ -206,12 +214,13 @@ impl TaskCell {
         let won = self.state.try_start();
         if won {
             counters.started();
-            let waited = self.scheduled_at.elapsed();
+            let now = self.shared.registry.since_epoch(Instant::now());
+            let waited = now.saturating_sub(self.scheduled);
             // SeqCst: `is_started` and `wake_watchers` (see the invariants).
             self.started.store(since(waited), Ordering::SeqCst);
             // Relaxed: see `info`.
             self.attempts.fetch_add(1, Ordering::Relaxed);
-            self.metrics.started(waited);
+            self.metrics.started(Duration::from_nanos(waited));
             let _ = self.wake_watchers();
         }
         won
@@ -246,7 +255,11 @@ impl TaskCell {
     /// Records when a delayed task falls due (once, when its phase comes,
     /// before its runner is spawned).
     pub(crate) fn set_due(&self, due: tokio::time::Instant) {
-        let after = due.into_std().saturating_duration_since(self.scheduled_at);
+        let after = self
+            .shared
+            .registry
+            .since_epoch(due.into_std())
+            .saturating_sub(self.scheduled);
         // SeqCst: as every store of `started` (see `is_started`).
         self.started.store(DUE | since(after), Ordering::SeqCst);
     }
@@ -271,7 +284,9 @@ impl TaskCell {
 
     /// The instant a `started` word (without `DUE`) stands for.
     fn at(&self, word: u64) -> Instant {
-        self.scheduled_at + Duration::from_nanos(word - 1)
+        self.shared
+            .registry
+            .at(self.scheduled.saturating_add(word - 1))
     }
 
     /// A future woken at the task's next start or end. Create it, then check

@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use pin_project_lite::pin_project;
@@ -52,6 +53,9 @@ pub(crate) struct Registry<E> {
     /// `TaskCell::ended_notified`).
     pub(crate) ended: Notify,
     pub(crate) counters: Counters,
+    /// What tasks' instants count from (made before any task): a task keeps
+    /// its times as nanoseconds after it, a word instead of an `Instant`.
+    epoch: Instant,
 }
 
 impl<E> Default for Registry<E> {
@@ -63,6 +67,7 @@ impl<E> Default for Registry<E> {
             idle: Notify::new(),
             ended: Notify::new(),
             counters: Counters::default(),
+            epoch: Instant::now(),
         }
     }
 }
@@ -131,6 +136,17 @@ impl<E: Entry> Registry<E> {
 }
 
 impl<E> Registry<E> {
+    /// `at` as nanoseconds after the epoch (0 for an earlier instant).
+    #[inline]
+    pub(crate) fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The instant `nanos` after the epoch.
+    pub(crate) fn at(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
     /// Calls `f` with each task in flight, in no particular order, copying
     /// nothing out: for readers that keep a few tasks of many (the admin
     /// router's page of tasks, its group counts).

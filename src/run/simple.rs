@@ -124,11 +124,12 @@ where
         }
         // A running sync task cannot be interrupted: its cancellation is a
         // signal it observes through `TaskContext`, not a drop at an `.await`.
-        let cancelled = cell.mode == ModeKind::Async && cell.poll_cancelled(cx).is_ready();
+        let interruptible = cell.mode == ModeKind::Async;
+        let cancelled = interruptible && cell.is_cancel_requested();
         // The work is polled, and dropped once it is over (before its outcome
         // is published), with its task current.
         let ticket = this.ticket;
-        let outcome = ready!(crate::context::enter(cell, || {
+        let polled = crate::context::enter(cell, || {
             let outcome = match stage.as_mut().project() {
                 StageProj::Work { .. } if cancelled => Err(TaskError::Cancelled),
                 StageProj::Work { work } => {
@@ -144,7 +145,17 @@ where
             };
             stage.set(Stage::Done);
             Poll::Ready(outcome)
-        }));
+        });
+        let Poll::Ready(outcome) = polled else {
+            // The waker a cancellation wakes is registered only now: a task
+            // over in its first poll never needs one. A request made since the
+            // check above is seen here: polled again at once, the work is
+            // dropped.
+            if interruptible && cell.poll_cancelled(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+            return Poll::Pending;
+        };
         // The slot goes back before the task ends: once `wait_idle` or its
         // handle says it has ended, a task scheduled next finds the slot free.
         drop(this.slot.take());
