@@ -107,14 +107,19 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
             if job.is_simple() {
                 // One blocking thread does it all; it holds the thread permit.
                 // The runner is made here, not on the thread: the closure
-                // tokio moves around is the small runner, not the job.
-                let permit = job.blocking.take_if(|permit| permit.is_held());
+                // tokio moves around (several times) is the small runner and
+                // a word, not the job.
+                let permit = match job.blocking.take() {
+                    Some(Permit::Held(permit)) => Some(permit),
+                    _ => None,
+                };
+                let held = (permit.is_some() || span.is_some()).then(|| Box::new((permit, span)));
                 let run = job.run_simple();
-                let driver = runtime.clone();
                 spawn_blocking(runtime, move || {
-                    let _permit = permit;
-                    let _entered = span.as_ref().map(Span::enter);
-                    drive(&driver, run);
+                    let _entered = held
+                        .as_ref()
+                        .and_then(|held| held.1.as_ref().map(Span::enter));
+                    drive(run);
                 });
             } else {
                 // Waits (for a slot, a deadline, a backoff) happen on the
@@ -168,14 +173,22 @@ impl<A> Job<A> {
 ///
 /// It is polled once first, without a waker: a task that neither waits for
 /// its turn nor awaits an error handler (nearly every one) is over after that
-/// poll, and never pays for entering the runtime with `block_on`. Otherwise
-/// `block_on` polls it again, with a waker that everything it waits on
-/// registers afresh.
-fn drive(runtime: &Handle, run: impl Future<Output = ()>) {
+/// poll, and never pays for entering the runtime with `block_on`, nor for
+/// carrying the runtime's handle. Otherwise `block_on` polls it again, on the
+/// runtime whose blocking pool runs this thread, with a waker that
+/// everything it waits on registers afresh.
+fn drive(run: impl Future<Output = ()>) {
     let mut run = std::pin::pin!(run);
     let mut cx = Context::from_waker(Waker::noop());
     if run.as_mut().poll(&mut cx).is_pending() {
-        runtime.block_on(run);
+        match Handle::try_current() {
+            Ok(runtime) => runtime.block_on(run),
+            // A blocking-pool thread is always in its runtime's context; were
+            // it not, dropping the runner ends the task as cancelled.
+            Err(error) => {
+                tracing::error!(%error, "a sync task's runner found no runtime to wait on")
+            }
+        }
     }
 }
 
