@@ -20,6 +20,10 @@ use crate::task::{IntoBackgroundTask, Rerunnable};
 ///
 /// Needs [`Background::layer`](crate::Background::layer) on the router; without
 /// it, extraction fails with [`MissingBackgroundLayer`] (a 500 naming the fix).
+/// The layer finds the request's scope for the extractor while it polls the
+/// services inside it, as axum runs handlers and middleware: a service
+/// between the layer and the handler that runs the request on another task
+/// (`tower::buffer`, say) goes outside the layer, so put the layer inside it.
 ///
 /// ```
 /// use axum::http::StatusCode;
@@ -68,10 +72,6 @@ impl Tasks {
         }
     }
 }
-
-/// The request extension the layer inserts and the extractor reads.
-#[derive(Clone)]
-pub(crate) struct RequestTasks(pub(crate) Arc<RequestScope>);
 
 impl Tasks {
     pub(crate) fn detached(shared: Arc<Shared>) -> Self {
@@ -171,11 +171,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Tasks {
     type Rejection = MissingBackgroundLayer;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let RequestTasks(scope) = parts
-            .extensions
-            .get::<RequestTasks>()
-            .cloned()
-            .ok_or(MissingBackgroundLayer { _priv: () })?;
+        let scope = crate::layer::current::scope().ok_or(MissingBackgroundLayer { _priv: () })?;
         scope.meta(parts);
         Ok(Tasks {
             target: Target::Request(scope),
@@ -223,7 +219,8 @@ impl fmt::Display for MissingBackgroundLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(
             "missing background layer: the `Tasks` extractor needs `.layer(background.layer())` \
-             on the router (add `background.layer()` to the router that serves this route)",
+             on the router (add `background.layer()` to the router that serves this route, \
+             inside any layer that runs requests on another task)",
         )
     }
 }

@@ -726,6 +726,84 @@ async fn optional_tasks_without_the_layer_is_none() {
     );
 }
 
+#[tokio::test]
+async fn a_middleware_inside_the_layer_schedules_for_the_same_request_as_its_handler() {
+    use axum::middleware::{self, Next};
+
+    let background = Background::new();
+    let events = Events::default();
+    let (in_middleware, in_handler) = (events.clone(), events.clone());
+    let app = Router::new()
+        .route(
+            "/",
+            get(move |tasks: Tasks| async move {
+                let events = in_handler.clone();
+                tasks
+                    .after_response()
+                    .schedule(async move { events.push("handler") });
+                "ok"
+            }),
+        )
+        .layer(middleware::from_fn(
+            move |tasks: Tasks, request: Request<Body>, next: Next| {
+                let events = in_middleware.clone();
+                async move {
+                    tasks
+                        .after_response()
+                        .schedule(async move { events.push("middleware") });
+                    next.run(request).await
+                }
+            },
+        ))
+        .layer(background.layer());
+
+    assert_eq!(
+        respond(app, Method::GET, "/").await,
+        (StatusCode::OK, "ok".to_owned())
+    );
+    within("tasks", background.wait_idle()).await;
+    // Both were deferred to the one request's end, which both reached.
+    let mut ran = events.snapshot();
+    ran.sort_unstable();
+    assert_eq!(ran, ["handler", "middleware"]);
+    let stats = background.stats();
+    assert_eq!((stats.scheduled, stats.completed), (2, 2), "{stats:?}");
+}
+
+#[tokio::test]
+async fn the_innermost_layer_serves_the_tasks_of_its_routes() {
+    let (outer, inner) = (Background::new(), Background::new());
+    let api = Router::new()
+        .route(
+            "/users",
+            post(|tasks: Tasks| async move {
+                tasks.after_response().schedule(async {});
+                StatusCode::CREATED
+            }),
+        )
+        .layer(inner.layer());
+    let app = Router::new()
+        .route(
+            "/",
+            get(|tasks: Tasks| async move {
+                tasks.schedule(async {});
+                "home"
+            }),
+        )
+        .nest("/api", api)
+        .layer(outer.layer());
+
+    assert_eq!(
+        respond(app.clone(), Method::POST, "/api/users").await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(respond(app, Method::GET, "/").await.0, StatusCode::OK);
+    within("inner tasks", inner.wait_idle()).await;
+    within("outer tasks", outer.wait_idle()).await;
+    assert_eq!(inner.stats().completed, 1, "{:?}", inner.stats());
+    assert_eq!(outer.stats().completed, 1, "{:?}", outer.stats());
+}
+
 // --------------------------------------------- 7. clones past their phase
 
 #[tokio::test]

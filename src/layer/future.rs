@@ -6,6 +6,7 @@ use std::task::{Context, Poll, ready};
 use http::{HeaderValue, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 
+use super::current::{self, Frame};
 use super::{PhaseGuard, ResponseBody};
 use crate::Phase;
 
@@ -26,10 +27,11 @@ pin_project! {
         Inner {
             #[pin]
             inner: F,
+            // Lent to the thread while `inner` is polled (`None` only then).
             // Dropped before completion (client gone, outer timeout, panic
-            // caught further out): the request has ended, its deferred tasks
-            // start.
-            guard: PhaseGuard,
+            // caught further out), its guard ends the request: its deferred
+            // tasks start.
+            frame: Option<Frame>,
         },
         /// The request was shed (`shed_when_saturated`): a 503, at once.
         Shed {
@@ -39,9 +41,12 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn new(inner: F, guard: PhaseGuard) -> Self {
+    pub(super) fn new(inner: F, frame: Frame) -> Self {
         ResponseFuture {
-            kind: Kind::Inner { inner, guard },
+            kind: Kind::Inner {
+                inner,
+                frame: Some(frame),
+            },
         }
     }
 
@@ -61,14 +66,14 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (inner, guard) = match self.project().kind.project() {
-            KindProj::Inner { inner, guard } => (inner, guard),
+        let (inner, frame) = match self.project().kind.project() {
+            KindProj::Inner { inner, frame } => (inner, frame),
             KindProj::Shed { retry_after } => {
                 return Poll::Ready(Ok(shed_response(retry_after.clone())));
             }
         };
-        let result = ready!(inner.poll(cx));
-        let scope = guard.scope.take();
+        let result = ready!(current::lend(frame, || inner.poll(cx)));
+        let scope = frame.as_mut().and_then(|frame| frame.guard.scope.take());
         Poll::Ready(match result {
             Ok(response) => {
                 if let Some(scope) = &scope {
@@ -113,9 +118,9 @@ where
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Inner { guard, .. } => f
+            Kind::Inner { frame, .. } => f
                 .debug_struct("ResponseFuture")
-                .field("pending", &guard.scope)
+                .field("pending", &frame.as_ref().map(|frame| &frame.guard.scope))
                 .finish_non_exhaustive(),
             Kind::Shed { retry_after } => f
                 .debug_struct("ResponseFuture")

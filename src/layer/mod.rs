@@ -1,7 +1,9 @@
 //! The tower layer: gives each request its [`Tasks`](crate::Tasks) and fires
 //! the after-route and after-response phases.
 //!
-//! - [`BackgroundService`] (its `call`) puts the request's scope in its extensions;
+//! - [`ResponseFuture`] lends the request to the thread while it polls the
+//!   inner service, where the first [`Tasks`](crate::Tasks) extraction makes
+//!   the request's scope (see `current.rs`);
 //! - [`ResponseFuture`] fires after-route when the inner future yields the
 //!   response (and both phases if it is dropped before then);
 //! - [`ResponseBody`] fires after-response once: at the end of the stream, on a
@@ -12,6 +14,7 @@
 //! `Retry-After` and never reaches the inner service.
 
 mod body;
+pub(crate) mod current;
 mod future;
 mod service;
 

@@ -7,10 +7,9 @@ use http::{HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::current::Frame;
 use super::{PhaseGuard, ResponseBody, ResponseFuture};
-use crate::extractor::RequestTasks;
 use crate::inner::Shared;
-use crate::request::RequestScope;
 
 /// Applies [`BackgroundService`]; from [`Background::layer`](crate::Background::layer).
 ///
@@ -197,7 +196,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         if let Some(shed) = &self.shed {
             if self.shared.limits.is_saturated() {
                 tracing::debug!(
@@ -208,10 +207,10 @@ where
                 return ResponseFuture::shed(shed.retry_after.clone());
             }
         }
-        let scope = Arc::new(RequestScope::new(Arc::clone(&self.shared)));
-        request
-            .extensions_mut()
-            .insert(RequestTasks(Arc::clone(&scope)));
-        ResponseFuture::new(self.inner.call(request), PhaseGuard { scope: Some(scope) })
+        let frame = Frame {
+            shared: Arc::clone(&self.shared),
+            guard: PhaseGuard { scope: None },
+        };
+        ResponseFuture::new(self.inner.call(request), frame)
     }
 }
