@@ -29,9 +29,11 @@ use crate::info::RequestMeta;
 use crate::inner::Shared;
 
 /// A task waiting for its phase. Called under the request's lock with its
-/// ticket, it requests its permits and hands the task to its mode; a task it
-/// could not admit comes back, to be reported once the lock is released.
-pub(crate) type Deferred = Box<dyn FnOnce(Option<Ticket>) -> Result<(), Rejection> + Send>;
+/// `Background` and its ticket, it requests its permits and hands the task to
+/// its mode; a task it could not admit comes back, to be reported once the
+/// lock is released.
+pub(crate) type Deferred =
+    Box<dyn FnOnce(&Arc<Shared>, Option<Ticket>) -> Result<(), Rejection> + Send>;
 
 /// A task refused at its start (its end already claimed), whose report runs
 /// user code and so waits until no lock is held.
@@ -107,7 +109,7 @@ impl RequestScope {
     /// lock gives tickets and permits out in release order.
     pub(crate) fn at<F>(self: &Arc<Self>, phase: Phase, start: F)
     where
-        F: FnOnce(Option<Ticket>) -> Result<(), Rejection> + Send + 'static,
+        F: FnOnce(&Arc<Shared>, Option<Ticket>) -> Result<(), Rejection> + Send + 'static,
     {
         let mut pending = self.lock();
         if phase > pending.reached {
@@ -116,7 +118,7 @@ impl RequestScope {
         }
         // Once the request has ended, a task starts at once, in no order.
         let ticket = (pending.reached < Phase::AfterResponse).then(|| self.issue(&mut pending));
-        let started = start(ticket);
+        let started = start(&self.shared, ticket);
         drop(pending);
         if let Err(Rejection(report)) = started {
             report();
@@ -142,7 +144,7 @@ impl RequestScope {
             for (at, start) in &mut deferred {
                 if let Some(start) = start.take_if(|_| *at == released) {
                     let ticket = self.issue(&mut pending);
-                    if let Err(rejection) = start(Some(ticket)) {
+                    if let Err(rejection) = start(&self.shared, Some(ticket)) {
                         rejected.push(rejection);
                     }
                 }

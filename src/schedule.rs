@@ -210,13 +210,10 @@ fn admit<Md: Mode, A: Attempts>(
     };
     match scope {
         // Started when its phase comes, in the request's order.
-        Some(scope) => {
-            let shared = Arc::clone(shared);
-            scope.at(options.phase, move |ticket| {
-                let runtime = shared.runtime();
-                start::<Md, _>(&shared, runtime, job, ticket, delayed)
-            });
-        }
+        // (The scope lends its `Background`: none is cloned for the wait.)
+        Some(scope) => scope.at(options.phase, move |shared, ticket| {
+            start::<Md, _>(shared, shared.runtime(), job, ticket, delayed)
+        }),
         None => {
             if let Err(Rejection(report)) =
                 start::<Md, _>(shared, Some(runtime), job, None, delayed)
