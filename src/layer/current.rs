@@ -37,10 +37,17 @@ pub(super) fn lend<R>(frame: &mut Option<Frame>, poll: impl FnOnce() -> R) -> R 
     }
     impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            *self.frame = CURRENT.replace(self.outer.take());
+            let outer = self.outer.take();
+            if let Ok(ours) = CURRENT.try_with(|current| current.replace(outer)) {
+                *self.frame = ours;
+            }
         }
     }
-    let outer = CURRENT.replace(frame.take());
+    // A thread being torn down has no thread-local to lend it to: its
+    // request has no `Tasks` then, and nothing panics.
+    let Ok(outer) = CURRENT.try_with(|current| current.replace(frame.take())) else {
+        return poll();
+    };
     let _restore = Restore { frame, outer };
     poll()
 }
