@@ -211,6 +211,11 @@ pub(crate) struct RunnerGuard {
 
 impl Drop for RunnerGuard {
     fn drop(&mut self) {
+        // Nearly every guard is dropped after its runner ended the task: an
+        // ended task's end is claimed and reported, nothing is left to take.
+        if self.cell.is_ended() {
+            return;
+        }
         let _ = end(&self.cell, Err(TaskError::Cancelled), How::RunnerGone);
     }
 }

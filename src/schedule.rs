@@ -185,7 +185,9 @@ fn admit<Md: Mode, A: Attempts>(
         let key = flow_key.as_deref().unwrap_or(&name);
         shared.flows.get(key).cloned()
     };
-    let span = task_span(&cell, scope);
+    let span = tracing::dispatcher::has_been_set()
+        .then(|| task_span(&cell, scope))
+        .flatten();
     let job = Job {
         guard: RunnerGuard { cell },
         attempts: source.attempts,
@@ -277,12 +279,10 @@ fn start<Md: Mode, A: Attempts>(
 /// The task's `background_task` span (DEBUG), following from its request's;
 /// `None` when it is disabled.
 ///
-/// Without any subscriber nothing can see it: it is not even built (with
-/// `tracing`'s `log` feature, building it would format its fields for `log`).
+/// Called only once a subscriber has been set: without one nothing can see
+/// the span, so it is not even built (with `tracing`'s `log` feature,
+/// building it would format its fields for `log`).
 fn task_span(cell: &TaskCell, scope: Option<&Arc<RequestScope>>) -> Option<tracing::Span> {
-    if !tracing::dispatcher::has_been_set() {
-        return None;
-    }
     let span = tracing::debug_span!(
         "background_task",
         id = %cell.id,
