@@ -6,6 +6,12 @@
 //! after, so a request that extracts no `Tasks` makes no scope and puts
 //! nothing in its extensions (an insertion there boxes the value and can
 //! grow the map: more than the rest of the layer costs a request).
+//!
+//! A plain thread-local, as `context.rs` keeps the running task, rather than
+//! tokio's `task_local!`: its scope future would wrap the inner future in one
+//! more layer holding the key beside the frame, and the scope made on first
+//! use would need a `RefCell` in the frame; lending is a swap in and a swap
+//! out.
 
 use std::cell::Cell;
 use std::sync::Arc;
