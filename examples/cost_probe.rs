@@ -13,8 +13,11 @@
 //! with sync closures on the blocking pool, `spawn_blocking` for bare; or
 //! `bare-phases` and `crate-phases`: `N / 3` requests through a router,
 //! `tower`'s `oneshot`, body read, each scheduling one task per phase, three
-//! `tokio::spawn` for bare; `*-request-sync`: `N` requests scheduling one sync
-//! task each; `*-noop`: `N` requests scheduling nothing, the layer alone); the metrics recorder, `none` or (with the
+//! `tokio::spawn` for bare; `*-immediate`: `N` requests scheduling one async
+//! task each; `*-request-sync`: `N` requests scheduling one sync task each;
+//! `*-extract`: `N` requests extracting `Tasks` and scheduling nothing (bare
+//! extracts nothing); `*-noop`: `N` requests scheduling nothing, the layer
+//! alone); the metrics recorder, `none` or (with the
 //! `metrics` feature) `prometheus`; the number of tasks; optionally `multi`,
 //! for a multi-thread runtime with 2 workers (the benches' runtime) with the
 //! batches scheduled from a task on it, for a wall-time profile:
@@ -108,13 +111,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     return Err(format!("only {} tasks completed", stats.completed).into());
                 }
             }
-            "bare-phases" | "crate-phases" | "bare-request-sync" | "crate-request-sync"
+            "bare-phases" | "crate-phases" | "bare-immediate" | "crate-immediate"
+            | "bare-request-sync" | "crate-request-sync" | "bare-extract" | "crate-extract"
             | "bare-noop" | "crate-noop" => requests(&variant, tasks).await?,
             other => {
                 return Err(format!(
                     "unknown variant {other:?}: bare, crate, crate-undetected, bare-sync, \
-                     crate-sync, bare-phases, crate-phases, bare-request-sync, \
-                     crate-request-sync, bare-noop or crate-noop"
+                     crate-sync, or bare- or crate- with phases, immediate, request-sync, \
+                     extract or noop"
                 )
                 .into());
             }
@@ -128,8 +132,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
 /// Requests through a router with the crate's layer (`crate-*`) or without
 /// it (`bare-*`): `phases` schedules one trivial async task per phase (three
-/// `tokio::spawn` for bare), `request-sync` one sync task (`spawn_blocking`),
-/// `noop` nothing. `tasks` is the number of tasks (of requests, for `noop`);
+/// `tokio::spawn` for bare), `immediate` one (one `tokio::spawn`),
+/// `request-sync` one sync task (`spawn_blocking`), `extract` nothing but
+/// extracting `Tasks` (bare: nothing), `noop` nothing. `tasks` is the number of tasks (of requests, for `noop`);
 /// batches of requests are awaited once every task has run.
 async fn requests(
     variant: &str,
@@ -200,7 +205,32 @@ async fn requests(
             ),
             1,
         ),
-        ("noop", _) => (Router::new().route("/", get(|| async { "ok" })), 0),
+        ("immediate", true) => (
+            Router::new().route(
+                "/",
+                get(|tasks: Tasks| async move {
+                    tasks.schedule(async { bump() });
+                    "ok"
+                }),
+            ),
+            1,
+        ),
+        ("immediate", false) => (
+            Router::new().route(
+                "/",
+                get(|| async {
+                    tokio::spawn(async { bump() });
+                    "ok"
+                }),
+            ),
+            1,
+        ),
+        // What a request that extracts `Tasks` pays before any task.
+        ("extract", true) => (
+            Router::new().route("/", get(|_tasks: Tasks| async { "ok" })),
+            0,
+        ),
+        ("noop" | "extract", _) => (Router::new().route("/", get(|| async { "ok" })), 0),
         _ => return Err(format!("unknown request variant {variant:?}").into()),
     };
     let app = if with_layer {

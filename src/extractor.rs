@@ -171,8 +171,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Tasks {
     type Rejection = MissingBackgroundLayer;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let scope = crate::layer::current::scope().ok_or(MissingBackgroundLayer { _priv: () })?;
-        scope.meta(parts);
+        let scope =
+            crate::layer::current::scope(parts).ok_or(MissingBackgroundLayer { _priv: () })?;
         Ok(Tasks {
             target: Target::Request(scope),
             phase: None,

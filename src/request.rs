@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use http::request::Parts;
@@ -45,9 +45,8 @@ pub(crate) struct RequestScope {
     pub(crate) shared: Arc<Shared>,
     /// The span the request was served in; tasks follow from it.
     pub(crate) span: Span,
-    /// Set by the first `Tasks` extraction (so requests that schedule nothing
-    /// do not pay for it).
-    meta: OnceLock<Arc<RequestMeta>>,
+    /// The request's method and path, for its tasks' `TaskInfo`.
+    meta: Arc<RequestMeta>,
     pending: Mutex<Pending>,
     /// The ticket whose task may start next. Written only under `gate`'s
     /// lock; read without it on the fast path (`Acquire`, paired with the
@@ -79,26 +78,21 @@ struct Gate {
 }
 
 impl RequestScope {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    /// A request's scope, made by its first `Tasks` extraction (so requests
+    /// that schedule nothing do not pay for it).
+    pub(crate) fn new(shared: Arc<Shared>, parts: &Parts) -> Self {
         RequestScope {
             shared,
             span: Span::current(),
-            meta: OnceLock::new(),
+            meta: Arc::new(RequestMeta::from_parts(parts)),
             pending: Mutex::new(Pending::default()),
             next: AtomicU32::new(0),
             gate: Mutex::new(Gate::default()),
         }
     }
 
-    pub(crate) fn meta(&self, parts: &Parts) -> Arc<RequestMeta> {
-        Arc::clone(
-            self.meta
-                .get_or_init(|| Arc::new(RequestMeta::from_parts(parts))),
-        )
-    }
-
-    pub(crate) fn request_meta(&self) -> Option<Arc<RequestMeta>> {
-        self.meta.get().cloned()
+    pub(crate) fn request_meta(&self) -> Arc<RequestMeta> {
+        Arc::clone(&self.meta)
     }
 
     /// Starts a task now if `phase` has been reached, else keeps it for then.
@@ -133,6 +127,10 @@ impl RequestScope {
             return;
         }
         pending.reached = phase;
+        if pending.deferred.is_empty() {
+            // Nothing waits (the request scheduled nothing for later).
+            return;
+        }
         // After-route tasks first, then (once it is reached) after-response
         // ones, each in schedule order; the ones not reached stay.
         let mut deferred = std::mem::take(&mut pending.deferred);

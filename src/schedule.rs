@@ -132,7 +132,7 @@ fn admit<Md: Mode, A: Attempts>(
         mode: Md::KIND,
         shielded: options.shield,
         unique: key.is_some(),
-        request: scope.and_then(|scope| scope.request_meta()),
+        request: scope.map(|scope| scope.request_meta()),
         on_error: options.on_error,
     };
     let cell = match key {

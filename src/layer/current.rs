@@ -16,6 +16,8 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
+use http::request::Parts;
+
 use super::PhaseGuard;
 use crate::inner::Shared;
 use crate::request::RequestScope;
@@ -60,7 +62,7 @@ pub(super) fn lend<R>(frame: &mut Option<Frame>, poll: impl FnOnce() -> R) -> R 
 
 /// The scope of the request whose layer is polling on this thread, made now
 /// if this is its first `Tasks`; `None` outside any layer's poll.
-pub(crate) fn scope() -> Option<Arc<RequestScope>> {
+pub(crate) fn scope(parts: &Parts) -> Option<Arc<RequestScope>> {
     CURRENT
         .try_with(|current| {
             let mut frame = current.take()?;
@@ -69,7 +71,7 @@ pub(crate) fn scope() -> Option<Arc<RequestScope>> {
                 frame
                     .guard
                     .scope
-                    .get_or_insert_with(|| Arc::new(RequestScope::new(Arc::clone(shared)))),
+                    .get_or_insert_with(|| Arc::new(RequestScope::new(Arc::clone(shared), parts))),
             );
             current.set(Some(frame));
             Some(scope)
