@@ -14,9 +14,10 @@
 # the crate without blocking detection (what the detector costs);
 # the crate with `metrics` and no recorder; the crate with `metrics` and
 # metrics-exporter-prometheus installed; then sync tasks against
-# spawn_blocking, and requests scheduling one task per phase against three
-# tokio::spawn (the probe's bare-sync, crate-sync, bare-phases and
-# crate-phases).
+# spawn_blocking, and requests through a router against their bare twins:
+# scheduling nothing (the layer alone), extracting `Tasks` only, one task,
+# one task per phase (three tokio::spawn), one sync task (the probe's
+# bare-/crate- noop, extract, immediate, phases and request-sync).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -112,6 +113,8 @@ requests() { # bare-variant crate-variant tasks-per-request label
     done
 }
 requests bare-noop crate-noop 0 "per request, no task"
+requests bare-extract crate-extract 0 "per request, Tasks extracted, no task"
+requests bare-immediate crate-immediate 1 "per request, 1 task"
 requests bare-phases crate-phases 3 "per request, 3 tasks"
 requests bare-request-sync crate-request-sync 1 "per request, 1 sync task"
 echo "command: bench/callgrind.sh (valgrind --tool=callgrind, inside block_on, (N=100k - N=20k) / 80k;"
