@@ -113,7 +113,7 @@ requests() { # bare-variant crate-variant tasks-per-request label
     done
 }
 requests bare-noop crate-noop 0 "per request, no task"
-requests bare-extract crate-extract 0 "per request, Tasks extracted, no task"
+requests bare-extract crate-extract 0 "per request, Tasks, no task"
 requests bare-immediate crate-immediate 1 "per request, 1 task"
 requests bare-phases crate-phases 3 "per request, 3 tasks"
 requests bare-request-sync crate-request-sync 1 "per request, 1 sync task"
