@@ -172,7 +172,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Tasks {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let scope =
-            crate::layer::current::scope(parts).ok_or(MissingBackgroundLayer { _priv: () })?;
+            crate::layer::request_scope(parts).ok_or(MissingBackgroundLayer { _priv: () })?;
         Ok(Tasks {
             target: Target::Request(scope),
             phase: None,

@@ -14,11 +14,12 @@
 //! `Retry-After` and never reaches the inner service.
 
 mod body;
-pub(crate) mod current;
+mod current;
 mod future;
 mod service;
 
 pub use body::ResponseBody;
+pub(crate) use current::scope as request_scope;
 pub use future::ResponseFuture;
 pub use service::{BackgroundLayer, BackgroundService};
 
