@@ -83,7 +83,13 @@ impl RequestScope {
     pub(crate) fn new(shared: Arc<Shared>, parts: &Parts) -> Self {
         RequestScope {
             shared,
-            span: Span::current(),
+            // Read only by task spans, which exist only once a subscriber
+            // has been set: without one, not even looked up.
+            span: if tracing::dispatcher::has_been_set() {
+                Span::current()
+            } else {
+                Span::none()
+            },
             meta: Arc::new(RequestMeta::from_parts(parts)),
             pending: Mutex::new(Pending::default()),
             next: AtomicU32::new(0),
