@@ -1,11 +1,12 @@
 //! [`TaskContext`]: what a running task can learn about itself.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::thread::LocalKey;
 
 use pin_project_lite::pin_project;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ thread_local! {
     /// plain thread-local set around each poll, rather than tokio's
     /// `task_local!`, whose future keeps a second reference and the key in
     /// every task's state: the runner already holds the task's cell.
-    static CURRENT: RefCell<Option<Arc<TaskCell>>> = const { RefCell::new(None) };
+    static CURRENT: Cell<Option<Arc<TaskCell>>> = const { Cell::new(None) };
 }
 
 /// The running task, seen from inside: its info and its cancellation.
@@ -56,10 +57,13 @@ impl TaskContext {
     /// thread), or `None` outside a task.
     pub fn current() -> Option<TaskContext> {
         CURRENT
-            .try_with(|current| current.borrow().clone())
+            .try_with(|current| {
+                let cell = current.take()?;
+                current.set(Some(Arc::clone(&cell)));
+                Some(TaskContext { cell })
+            })
             .ok()
             .flatten()
-            .map(|cell| TaskContext { cell })
     }
 
     /// A snapshot of the task.
@@ -93,19 +97,6 @@ impl fmt::Debug for TaskContext {
 /// one is back when `f` returns or unwinds.
 #[inline]
 pub(crate) fn enter<R>(cell: &Arc<TaskCell>, f: impl FnOnce() -> R) -> R {
-    /// Puts the previous task back, on return and on unwind alike.
-    struct Restore(Option<Arc<TaskCell>>);
-
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            // A thread being torn down has no current task to restore. The
-            // task's reference is dropped after the cell is released.
-            let ours = CURRENT.try_with(|current| current.replace(previous));
-            drop(ours);
-        }
-    }
-
     /// Clears the thread's blocking stamp, on return and on unwind alike.
     struct Polled<'a>(&'a TaskCell);
 
@@ -115,10 +106,46 @@ pub(crate) fn enter<R>(cell: &Arc<TaskCell>, f: impl FnOnce() -> R) -> R {
         }
     }
 
-    let previous = CURRENT.try_with(|current| current.replace(Some(Arc::clone(cell))));
-    let _restore = previous.ok().map(Restore);
-    crate::blocking::poll_begins(cell);
-    let _polled = Polled(cell);
+    lend(&CURRENT, &mut Some(Arc::clone(cell)), || {
+        crate::blocking::poll_begins(cell);
+        let _polled = Polled(cell);
+        f()
+    })
+}
+
+/// Calls `f` with `value` lent to the thread-local `key`, and takes it back
+/// after (also if `f` unwinds); whatever `key` held is back then too. The
+/// running task here, a request's layer in `layer/current.rs`.
+///
+/// A thread being torn down has no thread-local to lend to: `f` runs without
+/// it, and nothing panics.
+pub(crate) fn lend<T: 'static, R>(
+    key: &'static LocalKey<Cell<Option<T>>>,
+    value: &mut Option<T>,
+    f: impl FnOnce() -> R,
+) -> R {
+    /// Takes the value back and puts the previous one in place.
+    struct Restore<'a, T: 'static> {
+        key: &'static LocalKey<Cell<Option<T>>>,
+        value: &'a mut Option<T>,
+        previous: Option<T>,
+    }
+    impl<T> Drop for Restore<'_, T> {
+        fn drop(&mut self) {
+            let previous = self.previous.take();
+            if let Ok(ours) = self.key.try_with(|current| current.replace(previous)) {
+                *self.value = ours;
+            }
+        }
+    }
+    let Ok(previous) = key.try_with(|current| current.replace(value.take())) else {
+        return f();
+    };
+    let _restore = Restore {
+        key,
+        value,
+        previous,
+    };
     f()
 }
 

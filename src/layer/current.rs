@@ -7,8 +7,8 @@
 //! nothing in its extensions (an insertion there boxes the value and can
 //! grow the map: more than the rest of the layer costs a request).
 //!
-//! A plain thread-local, as `context.rs` keeps the running task, rather than
-//! tokio's `task_local!`: its scope future would wrap the inner future in one
+//! A plain thread-local, lent with the same `context::lend` that keeps the
+//! running task, rather than tokio's `task_local!`: its scope future would wrap the inner future in one
 //! more layer holding the key beside the frame, and the scope made on first
 //! use would need a `RefCell` in the frame; lending is a swap in and a swap
 //! out.
@@ -39,25 +39,7 @@ pub(super) struct Frame {
 /// (also if `poll` panics). A layer inside another lends its own frame and
 /// gives the outer one back when it is done.
 pub(super) fn lend<R>(frame: &mut Option<Frame>, poll: impl FnOnce() -> R) -> R {
-    struct Restore<'a> {
-        frame: &'a mut Option<Frame>,
-        outer: Option<Frame>,
-    }
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            let outer = self.outer.take();
-            if let Ok(ours) = CURRENT.try_with(|current| current.replace(outer)) {
-                *self.frame = ours;
-            }
-        }
-    }
-    // A thread being torn down has no thread-local to lend it to: its
-    // request has no `Tasks` then, and nothing panics.
-    let Ok(outer) = CURRENT.try_with(|current| current.replace(frame.take())) else {
-        return poll();
-    };
-    let _restore = Restore { frame, outer };
-    poll()
+    crate::context::lend(&CURRENT, frame, poll)
 }
 
 /// The scope of the request whose layer is polling on this thread, made now
