@@ -129,7 +129,8 @@ impl TaskState {
     ) -> Claim {
         // Acquire: see `publish`. An ended task has been reported (a claim
         // left to the runner is reported before `ENDED`): nothing is left to
-        // take. (The runner's guard, dropped after every task, stops here.)
+        // take. (The runner's guard, dropped after every task, checks
+        // `is_ended` itself before it claims.)
         let current = self.state.load(Ordering::Acquire);
         if current & STAGE == ENDED {
             return Claim::Lost;
