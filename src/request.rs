@@ -3,78 +3,148 @@
 //!
 //! # Invariants
 //!
-//! - Tickets are numbered from 0 in the order tasks are released: immediate
-//!   tasks as they are scheduled, the others when their phase is reached
-//!   (after-route before after-response, each in schedule order). A ticket is
-//!   issued, and the task's limits' permits are requested, under the
-//!   `pending` lock, so that both happen in that order.
-//! - A task whose ticket is `k` starts (its [`TaskCell::try_start`](crate::cell::TaskCell))
-//!   only once `next == k`, and `next` moves past `k` only when ticket `k` is
-//!   passed: after its task's first poll (async) or just before its work is
-//!   called (sync), or when it is dropped unused (the task ended without
-//!   starting). So every ticket is passed exactly once, in number order.
+//! - A task is released when its phase is reached: an immediate task as it
+//!   is scheduled, the others when the layer reaches their phase
+//!   (after-route before after-response, each in schedule order). Its
+//!   limits' permits are requested as it is released, under the `line` lock,
+//!   so that they are requested in release order.
+//! - Released tasks are handed to their runtime one at a time, in release
+//!   order: a task is spawned only once the one released before it holds no
+//!   [`Turn`] any more. The turn is given up after an async task's first
+//!   poll, just before a sync task's work is called, or when it is dropped
+//!   (the task ended without starting); giving it up spawns the next task in
+//!   the line, which takes the turn over. So the tasks start in release
+//!   order, and none is polled before its turn (no task waits on a waker for
+//!   another, whichever worker runs it).
 //! - Tasks scheduled once the request has ended (after-response reached)
-//!   get no ticket: they start at once.
+//!   take no turn: they start at once.
 
+use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use http::request::Parts;
 use tracing::Span;
 
 use crate::Phase;
+use crate::error::RejectReason;
 use crate::info::RequestMeta;
 use crate::inner::Shared;
 
-/// A task waiting for its phase. Called under the request's lock with its
-/// `Background` and its ticket, it requests its permits and hands the task to
-/// its mode; a task it could not admit comes back, to be reported once the
-/// lock is released.
-pub(crate) type Deferred =
-    Box<dyn FnOnce(&Arc<Shared>, Option<Ticket>) -> Result<(), Rejection> + Send>;
+/// A request's task on its way to its runtime: asked for its permits when
+/// released, handed to its runtime when its turn comes. Boxed while it
+/// waits for either; a task released with the turn free is never boxed.
+pub(crate) trait Release: Send + 'static {
+    /// Requests the task's limits' permits (under the request's lock).
+    fn admit(&mut self) -> Result<(), RejectReason>;
 
-/// A task refused at its start (its end already claimed), whose report runs
-/// user code and so waits until no lock is held.
+    /// The report of a task `admit` refused: it ends the task, and runs user
+    /// code (its error handler), so it is called once no lock is held.
+    fn reject(self, reason: RejectReason) -> Rejection
+    where
+        Self: Sized;
+
+    /// `reject` for a boxed task.
+    fn reject_boxed(self: Box<Self>, reason: RejectReason) -> Rejection;
+
+    /// Hands the admitted task to its runtime; `turn` is given up once it
+    /// has started.
+    fn run(self, shared: &Arc<Shared>, turn: Option<Turn>)
+    where
+        Self: Sized;
+
+    /// `run` for a boxed task.
+    fn run_boxed(self: Box<Self>, shared: &Arc<Shared>, turn: Option<Turn>);
+
+    /// The task below this one in the [`Stack`] it waits in.
+    fn below(&mut self) -> &mut Link;
+}
+
+/// A waiting task's link to the one below it.
+pub(crate) type Link = Option<Box<dyn Release>>;
+
+/// Waiting tasks, the newest on top, linked through the tasks' own boxes:
+/// waiting makes no allocation of its own.
+#[derive(Default)]
+struct Stack(Link);
+
+impl Stack {
+    #[inline]
+    fn push(&mut self, mut task: Box<dyn Release>) {
+        *task.below() = self.0.take();
+        self.0 = Some(task);
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<Box<dyn Release>> {
+        let mut top = self.0.take()?;
+        self.0 = top.below().take();
+        Some(top)
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Moves the tasks onto `onto` one by one, from the top: they end up
+    /// there in reverse order, the oldest on top.
+    fn pour_onto(mut self, onto: &mut Stack) {
+        while let Some(task) = self.pop() {
+            onto.push(task);
+        }
+    }
+}
+
+impl Drop for Stack {
+    #[inline]
+    fn drop(&mut self) {
+        // One task at a time: dropped whole, a long stack would nest a drop
+        // per task.
+        while self.pop().is_some() {}
+    }
+}
+
+/// A task refused at its release, whose report runs user code and so waits
+/// until no lock is held.
 pub(crate) struct Rejection(pub(crate) Box<dyn FnOnce() + Send>);
 
-/// One request's background state, shared by the layer's future and body and
-/// by every `Tasks` extracted from the request.
+/// One request's background state, shared by the layer's future and body, by
+/// every `Tasks` extracted from the request and by the turn.
 pub(crate) struct RequestScope {
     pub(crate) shared: Arc<Shared>,
     /// The span the request was served in; tasks follow from it.
     pub(crate) span: Span,
     /// The request's method and path, for its tasks' `TaskInfo`.
     meta: Arc<RequestMeta>,
-    pending: Mutex<Pending>,
-    /// The ticket whose task may start next. Written only under `gate`'s
-    /// lock; read without it on the fast path (`Acquire`, paired with the
-    /// `Release` store in `Ticket::pass`: whatever the previous task did to
-    /// start happens before the next one starts).
-    next: AtomicU32,
-    gate: Mutex<Gate>,
+    line: Mutex<Line>,
 }
 
 #[derive(Default)]
-struct Pending {
-    /// The latest phase reached: tasks of this phase or earlier start at once.
+struct Line {
+    /// The latest phase reached: tasks of this phase or earlier are released
+    /// as they are scheduled.
     reached: Phase,
-    /// Tasks waiting for their phase (after-route or after-response), in
-    /// schedule order: one list, so that a request with tasks in both
-    /// phases makes one allocation for them. `None` once released.
-    deferred: Vec<(Phase, Option<Deferred>)>,
-    /// Tickets issued so far.
-    issued: u32,
+    /// Tasks waiting for after-route.
+    after_route: Stack,
+    /// Tasks waiting for after-response.
+    after_response: Stack,
+    /// Released tasks waiting for the turn, the oldest on top of `next`,
+    /// then those of `arrived` from the bottom up (a queue of two stacks).
+    next: Stack,
+    arrived: Stack,
+    /// Whether a released task holds the turn.
+    taken: bool,
 }
 
-/// Tickets passed out of turn, and tasks waiting for theirs.
-#[derive(Default)]
-struct Gate {
-    /// Dropped unused before their turn (their tasks ended unstarted).
-    passed_early: Vec<u32>,
-    /// `(ticket, waker)` of runners waiting for their turn.
-    waiting: Vec<(u32, Waker)>,
+impl Line {
+    /// The released task whose turn is next.
+    fn pop_next(&mut self) -> Option<Box<dyn Release>> {
+        if self.next.is_empty() && !self.arrived.is_empty() {
+            std::mem::take(&mut self.arrived).pour_onto(&mut self.next);
+        }
+        self.next.pop()
+    }
 }
 
 impl RequestScope {
@@ -91,9 +161,7 @@ impl RequestScope {
                 Span::none()
             },
             meta: Arc::new(RequestMeta::from_parts(parts)),
-            pending: Mutex::new(Pending::default()),
-            next: AtomicU32::new(0),
-            gate: Mutex::new(Gate::default()),
+            line: Mutex::new(Line::default()),
         }
     }
 
@@ -101,177 +169,189 @@ impl RequestScope {
         Arc::clone(&self.meta)
     }
 
-    /// Starts a task now if `phase` has been reached, else keeps it for then.
-    ///
-    /// Started with the lock held, here and in `reach`: starting only
-    /// requests permits and hands the task to tokio (no user code runs; a
-    /// rejection is reported after the lock is released), and holding the
-    /// lock gives tickets and permits out in release order.
-    pub(crate) fn at<F>(self: &Arc<Self>, phase: Phase, start: F)
-    where
-        F: FnOnce(&Arc<Shared>, Option<Ticket>) -> Result<(), Rejection> + Send + 'static,
-    {
-        let mut pending = self.lock();
-        if phase > pending.reached {
-            pending.deferred.push((phase, Some(Box::new(start))));
+    /// Releases a task now if `phase` has been reached, else keeps it for
+    /// then.
+    pub(crate) fn at<R: Release>(self: &Arc<Self>, phase: Phase, mut task: R) {
+        let mut line = self.lock();
+        if phase > line.reached {
+            match phase {
+                Phase::AfterRoute => line.after_route.push(Box::new(task)),
+                _ => line.after_response.push(Box::new(task)),
+            }
             return;
         }
+        let admitted = task.admit();
         // Once the request has ended, a task starts at once, in no order.
-        let ticket = (pending.reached < Phase::AfterResponse).then(|| self.issue(&mut pending));
-        let started = start(&self.shared, ticket);
-        drop(pending);
-        if let Err(Rejection(report)) = started {
-            report();
-        }
+        let ordered = line.reached < Phase::AfterResponse;
+        let turn = match admitted {
+            Ok(()) if ordered && line.taken => {
+                line.arrived.push(Box::new(task));
+                return;
+            }
+            Ok(()) => {
+                line.taken |= ordered;
+                ordered.then(|| Turn(Some(Arc::clone(self))))
+            }
+            Err(reason) => {
+                drop(line);
+                let Rejection(report) = task.reject(reason);
+                return report();
+            }
+        };
+        drop(line);
+        task.run(&self.shared, turn);
     }
 
-    /// Marks `phase` reached and starts every task waiting for it or for an
-    /// earlier phase, in phase order and then schedule order.
+    /// Marks `phase` reached and releases every task waiting for it or for
+    /// an earlier phase, in phase order and then schedule order.
     pub(crate) fn reach(self: &Arc<Self>, phase: Phase) {
-        let mut pending = self.lock();
-        if phase <= pending.reached {
+        let mut line = self.lock();
+        if phase <= line.reached {
             return;
         }
-        pending.reached = phase;
-        if pending.deferred.is_empty() {
-            // Nothing waits (the request scheduled nothing for later).
+        line.reached = phase;
+        let ended = phase == Phase::AfterResponse;
+        if line.after_route.is_empty() && (!ended || line.after_response.is_empty()) {
+            // Nothing waits for this phase.
             return;
         }
         // After-route tasks first, then (once it is reached) after-response
         // ones, each in schedule order; the ones not reached stay.
-        let mut deferred = std::mem::take(&mut pending.deferred);
+        // (Poured newest first: the first to be released ends up on top.)
+        let mut waiting = Stack::default();
+        if ended {
+            std::mem::take(&mut line.after_response).pour_onto(&mut waiting);
+        }
+        std::mem::take(&mut line.after_route).pour_onto(&mut waiting);
+        let mut first = None;
         let mut rejected = Vec::new();
-        for released in [Phase::AfterRoute, Phase::AfterResponse] {
-            if released > phase {
-                break;
-            }
-            for (at, start) in &mut deferred {
-                if let Some(start) = start.take_if(|_| *at == released) {
-                    let ticket = self.issue(&mut pending);
-                    if let Err(rejection) = start(&self.shared, Some(ticket)) {
-                        rejected.push(rejection);
-                    }
+        while let Some(mut task) = waiting.pop() {
+            match task.admit() {
+                Ok(()) if line.taken => line.arrived.push(task),
+                Ok(()) => {
+                    line.taken = true;
+                    first = Some(task);
                 }
+                Err(reason) => rejected.push(task.reject_boxed(reason)),
             }
         }
-        deferred.retain(|(_, start)| start.is_some());
-        pending.deferred = deferred;
-        drop(pending);
+        drop(line);
+        if let Some(first) = first {
+            first.run_boxed(&self.shared, Some(Turn(Some(Arc::clone(self)))));
+        }
         for Rejection(report) in rejected {
             report();
         }
     }
 
-    fn issue(self: &Arc<Self>, pending: &mut Pending) -> Ticket {
-        let number = pending.issued;
-        pending.issued = pending.issued.wrapping_add(1);
-        Ticket {
-            scope: Arc::clone(self),
-            number,
-            passed: false,
+    /// Gives up the turn: the next task in the line takes it over (handed
+    /// to its runtime now), or the turn is free.
+    fn hand_on(self: Arc<Self>) {
+        let mut scope = self;
+        loop {
+            let next = {
+                let mut line = scope.lock();
+                let next = line.pop_next();
+                line.taken = next.is_some();
+                next
+            };
+            let Some(next) = next else { return };
+            let turn = Turn(Some(Arc::clone(&scope)));
+            // A task handed to a runtime that is shutting down is dropped
+            // inside this call and gives its turn up at once: the turn comes
+            // back here, so that a long line is handed on in this loop and
+            // not one nested call per task.
+            let handing_on = HandingOn::start();
+            next.run_boxed(&scope.shared, Some(turn));
+            match handing_on.given_back() {
+                Some(back) => scope = back,
+                None => return,
+            }
         }
     }
 
-    fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
-        // Nothing panics while the lock is held.
-        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+    fn lock(&self) -> MutexGuard<'_, Line> {
         // Nothing panics while the lock is held; a poisoned lock still holds
         // consistent data.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+        self.line.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl fmt::Debug for RequestScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pending = self.lock();
+        let line = self.lock();
         f.debug_struct("RequestScope")
-            .field("reached", &pending.reached)
-            .field("deferred", &pending.deferred.len())
-            .finish()
+            .field("reached", &line.reached)
+            .field("taken", &line.taken)
+            .finish_non_exhaustive()
     }
 }
 
-/// A task's place in its request's start order; see the module's invariants.
-/// Dropped unused, it lets the tasks after it go on.
-pub(crate) struct Ticket {
-    scope: Arc<RequestScope>,
-    number: u32,
-    passed: bool,
+/// The right of a request's released task to be the one starting; see the
+/// module's invariants. Given up when dropped.
+pub(crate) struct Turn(Option<Arc<RequestScope>>);
+
+impl Turn {
+    /// Lets the next released task start.
+    pub(crate) fn pass(self) {}
 }
 
-impl Ticket {
-    /// Ready once every task released before this one has started (or ended
-    /// without starting).
-    pub(crate) fn poll_turn(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let scope = &self.scope;
-        if scope.next.load(Ordering::Acquire) == self.number {
-            return Poll::Ready(());
-        }
-        let mut gate = scope.gate();
-        // `next` only moves under this lock: checked again, it cannot move
-        // before the waker is in place.
-        if scope.next.load(Ordering::Acquire) == self.number {
-            return Poll::Ready(());
-        }
-        match gate.waiting.iter_mut().find(|(n, _)| *n == self.number) {
-            Some((_, waker)) => waker.clone_from(cx.waker()),
-            None => gate.waiting.push((self.number, cx.waker().clone())),
-        }
-        Poll::Pending
-    }
-
-    /// Lets the next task start (now, if this was its turn; else once the
-    /// tasks before this one have started).
-    pub(crate) fn pass(mut self) {
-        self.pass_once();
-    }
-
-    fn pass_once(&mut self) {
-        if std::mem::replace(&mut self.passed, true) {
-            return;
-        }
-        let scope = &self.scope;
-        let mut gate = scope.gate();
-        gate.waiting.retain(|(n, _)| *n != self.number);
-        // Relaxed: `next` is written only under the gate's lock, held here.
-        let mut next = scope.next.load(Ordering::Relaxed);
-        if next != self.number {
-            gate.passed_early.push(self.number);
-            return;
-        }
-        next = next.wrapping_add(1);
-        while let Some(i) = gate.passed_early.iter().position(|n| *n == next) {
-            gate.passed_early.swap_remove(i);
-            next = next.wrapping_add(1);
-        }
-        // Release: see `RequestScope::next`.
-        scope.next.store(next, Ordering::Release);
-        let woken = gate
-            .waiting
-            .iter()
-            .position(|(n, _)| *n == next)
-            .map(|i| gate.waiting.swap_remove(i).1);
-        drop(gate);
-        if let Some(waker) = woken {
-            waker.wake();
-        }
-    }
-}
-
-impl Drop for Ticket {
+impl Drop for Turn {
     fn drop(&mut self) {
-        self.pass_once();
+        if let Some(scope) = self.0.take() {
+            if let Some(scope) = HandingOn::give_back(scope) {
+                scope.hand_on();
+            }
+        }
     }
 }
 
-impl fmt::Debug for Ticket {
+thread_local! {
+    /// Whether this thread is inside `RequestScope::hand_on`'s hand-over.
+    static HANDING_ON: Cell<bool> = const { Cell::new(false) };
+    /// The turn given up inside that hand-over, for its loop to hand on.
+    static GIVEN_BACK: Cell<Option<Arc<RequestScope>>> = const { Cell::new(None) };
+}
+
+/// One hand-over of a turn on this thread; ends when dropped (also if the
+/// spawn panics). Holds whether the thread was already in one.
+struct HandingOn(bool);
+
+impl HandingOn {
+    fn start() -> Self {
+        HandingOn(HANDING_ON.replace(true))
+    }
+
+    /// Keeps a turn given up inside a hand-over, for its loop to hand on;
+    /// outside one (or with the place taken, which does not happen: only the
+    /// task being handed over holds a turn), hands `scope` back to be handed
+    /// on by the caller.
+    fn give_back(scope: Arc<RequestScope>) -> Option<Arc<RequestScope>> {
+        if !HANDING_ON.get() {
+            return Some(scope);
+        }
+        let mut scope = Some(scope);
+        let _ = GIVEN_BACK.try_with(|given| {
+            let kept = given.take();
+            given.set(if kept.is_none() { scope.take() } else { kept });
+        });
+        scope
+    }
+
+    /// The turn given up during the hand-over, if any.
+    fn given_back(self) -> Option<Arc<RequestScope>> {
+        GIVEN_BACK.try_with(Cell::take).ok().flatten()
+    }
+}
+
+impl Drop for HandingOn {
+    fn drop(&mut self) {
+        HANDING_ON.set(self.0);
+    }
+}
+
+impl fmt::Debug for Turn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ticket")
-            .field("number", &self.number)
-            .field("passed", &self.passed)
-            .finish()
+        f.debug_struct("Turn").finish_non_exhaustive()
     }
 }

@@ -2,9 +2,8 @@
 //! starts it now, defers it to its phase, or rejects it.
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 use std::sync::Arc;
-
-use tokio::runtime::Handle;
 
 use crate::cell::{NewTask, TaskCell};
 use crate::end::{self, How, RunnerGuard};
@@ -15,7 +14,7 @@ use crate::limits::Admission;
 use crate::mode::Mode;
 use crate::name::TaskName;
 use crate::options::{Start, TaskOptions};
-use crate::request::{Rejection, RequestScope, Ticket};
+use crate::request::{Link, Rejection, Release, RequestScope, Turn};
 use crate::run::{self, Extras, Job};
 use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
 use crate::{Phase, TaskError};
@@ -207,20 +206,31 @@ fn admit<Md: Mode, A: Attempts>(
         admission,
         slot: None,
         blocking: None,
-        ticket: None,
+        turn: None,
         span,
     };
     match scope {
-        // Started when its phase comes, in the request's order.
-        // (The scope lends its `Background`: none is cloned for the wait.)
-        Some(scope) => scope.at(options.phase, move |shared, ticket| {
-            start::<Md, _>(shared, shared.runtime(), job, ticket, delayed)
-        }),
+        // Released when its phase comes, started in the request's order.
+        Some(scope) => scope.at(
+            options.phase,
+            Released::<Md, _> {
+                job,
+                delayed,
+                below: None,
+                mode: PhantomData,
+            },
+        ),
         None => {
-            if let Err(Rejection(report)) =
-                start::<Md, _>(shared, Some(runtime), job, None, delayed)
-            {
-                report();
+            let mut job = job;
+            match admit_job(&mut job, delayed) {
+                Ok(()) => run::start::<Md, _>(runtime, job),
+                Err(reason) => {
+                    let _ = end::end(
+                        &job.guard.cell,
+                        Err(TaskError::Rejected(reason)),
+                        How::Unstarted,
+                    );
+                }
             }
         }
     }
@@ -239,41 +249,64 @@ fn register(shared: &Shared, task: NewTask) -> Arc<TaskCell> {
     cell
 }
 
-/// Takes the task's limit permits and hands it to its mode; a task the
-/// limits refuse comes back, to be ended once no lock is held (its error
-/// handler is user code).
-#[inline]
-fn start<Md: Mode, A: Attempts>(
-    shared: &Shared,
-    runtime: Option<&Handle>,
-    mut job: Job<A>,
-    ticket: Option<Ticket>,
-    delayed: Option<Start>,
-) -> Result<(), Rejection> {
+/// Requests the task's limits' permits; a delayed task's are asked for
+/// when it falls due, a flow's task's when its flow lets it go.
+#[inline(always)]
+fn admit_job<A>(job: &mut Job<A>, delayed: Option<Start>) -> Result<(), RejectReason> {
     if let Some(delayed) = delayed {
-        // Its time counts from now; its limits are asked when it falls due.
+        // Its time counts from now.
         let due = delayed.due(tokio::time::Instant::now());
         job.guard.cell.set_due(due);
         job.extras.get_or_insert_default().due = Some(due);
     } else if job.flow().is_none() {
-        // A task of a flow asks its limits once its flow lets it go.
-        match shared.limits.admit(job.admission) {
-            Ok(slot) => job.slot = slot,
-            Err(reason) => {
-                return Err(Rejection(Box::new(move || {
-                    let cell = &job.guard.cell;
-                    let _ = end::end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
-                })));
-            }
+        job.slot = job.guard.cell.shared.limits.admit(job.admission)?;
+    }
+    Ok(())
+}
+
+/// A request's task on its way to its mode: its permits are requested as
+/// it is released, then it is handed to its runtime in its turn.
+struct Released<Md, A> {
+    job: Job<A>,
+    delayed: Option<Start>,
+    /// The task below it where it waits (see `request.rs`).
+    below: Link,
+    mode: PhantomData<fn() -> Md>,
+}
+
+impl<Md: Mode, A: Attempts> Release for Released<Md, A> {
+    fn admit(&mut self) -> Result<(), RejectReason> {
+        admit_job(&mut self.job, self.delayed)
+    }
+
+    fn reject(self, reason: RejectReason) -> Rejection {
+        let job = self.job;
+        Rejection(Box::new(move || {
+            let cell = &job.guard.cell;
+            let _ = end::end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+        }))
+    }
+
+    fn reject_boxed(self: Box<Self>, reason: RejectReason) -> Rejection {
+        (*self).reject(reason)
+    }
+
+    fn run(mut self, shared: &Arc<Shared>, turn: Option<Turn>) {
+        self.job.turn = turn;
+        // No runtime cannot happen here (checked at admission); were it so,
+        // dropping the job would end the task as cancelled.
+        if let Some(runtime) = shared.runtime() {
+            run::start::<Md, _>(runtime, self.job);
         }
     }
-    job.ticket = ticket;
-    if let Some(runtime) = runtime {
-        run::start::<Md, _>(runtime, job);
+
+    fn run_boxed(self: Box<Self>, shared: &Arc<Shared>, turn: Option<Turn>) {
+        (*self).run(shared, turn);
     }
-    // No runtime cannot happen here (checked at admission); were it so,
-    // dropping `job` would end the task as cancelled.
-    Ok(())
+
+    fn below(&mut self) -> &mut Link {
+        &mut self.below
+    }
 }
 
 /// The task's `background_task` span (DEBUG), following from its request's;

@@ -163,3 +163,45 @@ fn dropped_handler_starts_its_deferred_tasks_in_order_under_load() {
         }
     });
 }
+
+/// A runtime dropped while a request's tasks wait in line: the first task's
+/// turn is given up as the runtime drops it, and each task after it is
+/// handed to the closed runtime, which drops it at once. A long line is
+/// handed on in a loop (not one nested call per task, which would overflow
+/// the stack), and every task is accounted for.
+#[test]
+fn a_long_line_dropped_with_its_runtime_ends_every_task() {
+    const LINE: usize = 20_000;
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let background = Background::builder()
+        .runtime(runtime.handle().clone())
+        .build();
+    let app = Router::new()
+        .route(
+            "/",
+            get(|tasks: Tasks| async move {
+                for _ in 0..LINE {
+                    tasks.schedule(async {
+                        STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    });
+                }
+                "ok"
+            }),
+        )
+        .layer(background.layer());
+    runtime.block_on(async {
+        let response = app.oneshot(request("/")).await.expect("infallible");
+        response.into_body().collect().await.expect("infallible");
+    });
+    assert_eq!(background.in_flight().len(), LINE, "the tasks wait in line");
+    drop(runtime);
+    assert_eq!(
+        STARTED.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no task ran"
+    );
+    assert!(background.in_flight().is_empty(), "every task ended");
+}

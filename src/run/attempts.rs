@@ -20,7 +20,7 @@ use crate::end::{self, Ending, How};
 use crate::error::panic_message;
 use crate::limits::Permit;
 use crate::mode::ModeKind;
-use crate::request::Ticket;
+use crate::request::Turn;
 use crate::task::Attempts;
 use crate::{BoxError, TaskError};
 
@@ -35,16 +35,13 @@ impl<A: Attempts> Job<A> {
         // then wait for a limit's permit lets those behind it go on: a limit
         // orders the tasks it holds back among themselves (first come, first
         // served), and must not hold up tasks it does not cover.
-        let mut ticket = self.ticket.take();
-        if let Some(ticket) = &ticket {
-            std::future::poll_fn(|cx| ticket.poll_turn(cx)).await;
-        }
+        let mut turn = self.turn.take();
         // A delayed task, or a task of a flow, lets those behind it go on,
         // waits (cancellable) for its time and its flow, and only then asks
         // its limits for a slot.
         let deferred = self.defers_limits();
         if deferred {
-            drop(ticket.take());
+            drop(turn.take());
         }
         if let Some(due) = self.due() {
             if until_cancelled(&cell, tokio::time::sleep_until(due))
@@ -82,7 +79,7 @@ impl<A: Attempts> Job<A> {
             None => !blocking || shared.limits.blocking.is_none(),
         };
         if !(slot_held && thread_held) {
-            drop(ticket.take());
+            drop(turn.take());
         }
         // Held while the task runs: given back before it ends (see below).
         let mut slot_permit = None;
@@ -119,7 +116,7 @@ impl<A: Attempts> Job<A> {
             let result = match &exec {
                 Exec::Inline => {
                     let attempt = run_inline(&cell, work, self.timeout());
-                    PassAfterFirstPoll::new(ticket.take(), attempt).await
+                    PassAfterFirstPoll::new(turn.take(), attempt).await
                 }
                 Exec::Blocking(runtime) => {
                     let permit = match (thread_permit.take(), &shared.limits.blocking) {
@@ -133,7 +130,7 @@ impl<A: Attempts> Job<A> {
                         }
                         (None, None) => None,
                     };
-                    run_blocking(runtime, &cell, work, self.timeout(), permit, ticket.take()).await
+                    run_blocking(runtime, &cell, work, self.timeout(), permit, turn.take()).await
                 }
             };
             match (result, self.retry()) {
@@ -229,7 +226,7 @@ async fn run_blocking<W>(
     work: W,
     timeout: Option<Duration>,
     permit: Option<OwnedSemaphorePermit>,
-    ticket: Option<Ticket>,
+    turn: Option<Turn>,
 ) -> Result<(), TaskError>
 where
     W: Future<Output = Result<(), BoxError>> + Send + 'static,
@@ -239,8 +236,8 @@ where
     let thread = super::spawn_blocking(runtime, move || {
         let _permit = permit;
         // The task starts when its work is called: now.
-        if let Some(ticket) = ticket {
-            ticket.pass();
+        if let Some(turn) = turn {
+            turn.pass();
         }
         driver.block_on(crate::context::scope(context, work))
     });
@@ -265,18 +262,18 @@ where
 }
 
 pin_project! {
-    /// `inner`, passing the task's ticket once its first poll returns (an
+    /// `inner`, giving up the task's turn once its first poll returns (an
     /// async task has started by then).
     struct PassAfterFirstPoll<F> {
-        ticket: Option<Ticket>,
+        turn: Option<Turn>,
         #[pin]
         inner: F,
     }
 }
 
 impl<F> PassAfterFirstPoll<F> {
-    fn new(ticket: Option<Ticket>, inner: F) -> Self {
-        PassAfterFirstPoll { ticket, inner }
+    fn new(turn: Option<Turn>, inner: F) -> Self {
+        PassAfterFirstPoll { turn, inner }
     }
 }
 
@@ -286,8 +283,8 @@ impl<F: Future> Future for PassAfterFirstPoll<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let polled = this.inner.poll(cx);
-        if let Some(ticket) = this.ticket.take() {
-            ticket.pass();
+        if let Some(turn) = this.turn.take() {
+            turn.pass();
         }
         polled
     }

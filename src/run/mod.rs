@@ -24,7 +24,7 @@ use crate::end::RunnerGuard;
 use crate::flow::Flow;
 use crate::limits::{Admission, Permit, RetryPolicy};
 use crate::mode::{Mode, ModeKind};
-use crate::request::Ticket;
+use crate::request::Turn;
 use crate::task::Attempts;
 
 /// Everything a task needs to run.
@@ -41,9 +41,9 @@ pub(crate) struct Job<A> {
     /// `Some` for a sync task under `max_blocking`: its first attempt's
     /// thread permit, held or queued for.
     pub(crate) blocking: Option<Permit>,
-    /// `Some` for a task started by a request: its place in the request's
-    /// start order (see `request.rs`).
-    pub(crate) ticket: Option<Ticket>,
+    /// `Some` for a task started by a request: its turn in the request's
+    /// start order, given up once it has started (see `request.rs`).
+    pub(crate) turn: Option<Turn>,
     /// The task's `background_task` span, if it is enabled; the whole run is
     /// instrumented with it. (`None` rather than a disabled span: it is not
     /// worth carrying, nor dropping, in every task's job.)
@@ -252,7 +252,7 @@ mod tests {
     }
 
     /// The small runner keeps the task's future once, with its stage, its
-    /// guard, its ticket and its slot around it.
+    /// guard, its turn and its slot around it.
     #[test]
     fn a_simple_task_keeps_its_future_once() {
         let work = std::mem::size_of::<Large>();

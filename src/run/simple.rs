@@ -16,7 +16,7 @@ use super::attempts::classify;
 use crate::end::{self, Ending, How, Report, RunnerGuard};
 use crate::limits::Permit;
 use crate::mode::ModeKind;
-use crate::request::Ticket;
+use crate::request::Turn;
 use crate::task::Attempts;
 use crate::{BoxError, TaskError};
 
@@ -39,7 +39,7 @@ impl<A: Attempts> Job<A> {
         SimpleRun {
             stage,
             guard: self.guard,
-            ticket: self.ticket,
+            turn: self.turn,
             slot,
         }
     }
@@ -70,9 +70,9 @@ pin_project! {
         #[pin]
         stage: Stage<W>,
         guard: RunnerGuard,
-        // `Some` until passed: before a sync task's work is called, after an
-        // async task's first poll.
-        ticket: Option<Ticket>,
+        // `Some` until given up: before a sync task's work is called, after
+        // an async task's first poll.
+        turn: Option<Turn>,
         // Held while the task runs; given back just before it ends.
         slot: Option<OwnedSemaphorePermit>,
     }
@@ -107,9 +107,6 @@ where
         }
         // Only this runner starts the task, so "not started" means "not yet".
         if !cell.is_started() {
-            if let Some(ticket) = this.ticket.as_ref() {
-                ready!(ticket.poll_turn(cx));
-            }
             if !cell.try_start(&cell.shared.registry.counters) {
                 // Ended while queued (cancelled at shutdown): already reported.
                 crate::context::enter(cell, || stage.set(Stage::Done));
@@ -117,8 +114,8 @@ where
             }
             // A sync task starts when its work is called: now.
             if cell.mode == ModeKind::Sync {
-                if let Some(ticket) = this.ticket.take() {
-                    ticket.pass();
+                if let Some(turn) = this.turn.take() {
+                    turn.pass();
                 }
             }
         }
@@ -128,15 +125,15 @@ where
         let cancelled = interruptible && cell.is_cancel_requested();
         // The work is polled, and dropped once it is over (before its outcome
         // is published), with its task current.
-        let ticket = this.ticket;
+        let turn = this.turn;
         let polled = crate::context::enter(cell, || {
             let outcome = match stage.as_mut().project() {
                 StageProj::Work { .. } if cancelled => Err(TaskError::Cancelled),
                 StageProj::Work { work } => {
                     let polled = work.poll(cx);
                     // An async task has started once its first poll returns.
-                    if let Some(ticket) = ticket.take() {
-                        ticket.pass();
+                    if let Some(turn) = turn.take() {
+                        turn.pass();
                     }
                     classify(Some(ready!(polled)))
                 }
