@@ -110,13 +110,12 @@ impl Drop for Stack {
 pub(crate) struct Rejection(pub(crate) Box<dyn FnOnce() + Send>);
 
 /// One request's background state, shared by the layer's future and body, by
-/// every `Tasks` extracted from the request and by the turn.
+/// every `Tasks` extracted from the request, by the turn, and by the
+/// request's tasks (for their `TaskInfo`) until they end.
 pub(crate) struct RequestScope {
     pub(crate) shared: Arc<Shared>,
-    /// The span the request was served in; tasks follow from it.
-    pub(crate) span: Span,
     /// The request's method and path, for its tasks' `TaskInfo`.
-    meta: Arc<RequestMeta>,
+    pub(crate) meta: RequestMeta,
     line: Mutex<Line>,
 }
 
@@ -135,6 +134,10 @@ struct Line {
     arrived: Stack,
     /// Whether a released task holds the turn.
     taken: bool,
+    /// The span the request was served in, which its tasks follow from;
+    /// dropped once the request has ended (tasks outlive the scope's
+    /// other users, and a span is closed only once its last handle goes).
+    span: Option<Span>,
 }
 
 impl Line {
@@ -153,20 +156,20 @@ impl RequestScope {
     pub(crate) fn new(shared: Arc<Shared>, parts: &Parts) -> Self {
         RequestScope {
             shared,
-            // Read only by task spans, which exist only once a subscriber
-            // has been set: without one, not even looked up.
-            span: if tracing::dispatcher::has_been_set() {
-                Span::current()
-            } else {
-                Span::none()
-            },
-            meta: Arc::new(RequestMeta::from_parts(parts)),
-            line: Mutex::new(Line::default()),
+            meta: RequestMeta::from_parts(parts),
+            line: Mutex::new(Line {
+                // Read only by task spans, which exist only once a
+                // subscriber has been set: without one, not even looked up.
+                span: tracing::dispatcher::has_been_set().then(Span::current),
+                ..Line::default()
+            }),
         }
     }
 
-    pub(crate) fn request_meta(&self) -> Arc<RequestMeta> {
-        Arc::clone(&self.meta)
+    /// The id of the span the request was served in, while it is being
+    /// served.
+    pub(crate) fn span_id(&self) -> Option<tracing::Id> {
+        self.lock().span.as_ref().and_then(Span::id)
     }
 
     /// Releases a task now if `phase` has been reached, else keeps it for
@@ -211,6 +214,9 @@ impl RequestScope {
         }
         line.reached = phase;
         let ended = phase == Phase::AfterResponse;
+        if ended {
+            line.span = None;
+        }
         if line.after_route.is_empty() && (!ended || line.after_response.is_empty()) {
             // Nothing waits for this phase.
             return;

@@ -131,7 +131,7 @@ fn admit<Md: Mode, A: Attempts>(
         mode: Md::KIND,
         shielded: options.shield,
         unique: key.is_some(),
-        request: scope.map(|scope| scope.request_meta()),
+        request: scope.map(Arc::clone),
         on_error: options.on_error,
     };
     let cell = match key {
@@ -327,7 +327,7 @@ fn task_span(cell: &TaskCell, scope: Option<&Arc<RequestScope>>) -> Option<traci
         return None;
     }
     match scope {
-        Some(scope) => span.follows_from(&scope.span),
+        Some(scope) => span.follows_from(scope.span_id()),
         None => span.follows_from(tracing::Span::current()),
     };
     Some(span)

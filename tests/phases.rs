@@ -980,3 +980,81 @@ async fn task_info_carries_request_method_path_phase_and_derived_name() {
     assert!(after.started_at.is_some());
     assert_eq!(after.attempts, 1);
 }
+
+/// What a subscriber saw of spans: which closed, by name.
+#[derive(Clone, Default)]
+struct SpanLog {
+    names: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, &'static str>>>,
+    closed: Events,
+}
+
+impl<S> tracing_subscriber::Layer<S> for SpanLog
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut names = self.names.lock().expect("not poisoned");
+        names.insert(id.into_u64(), attrs.metadata().name());
+    }
+
+    fn on_close(&self, id: tracing::Id, _: tracing_subscriber::layer::Context<'_, S>) {
+        let names = self.names.lock().expect("not poisoned");
+        self.closed
+            .push(names.get(&id.into_u64()).copied().unwrap_or("?"));
+    }
+}
+
+/// The request's scope keeps the span its request was served in (its tasks
+/// follow from it) no longer than the request: with task spans off (a
+/// service logging at INFO), the request's span closes once the response
+/// has been sent, while its task still runs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_running_task_does_not_keep_its_request_span_open() {
+    use tracing::Instrument;
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let log = SpanLog::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(log.clone())
+        .with(LevelFilter::INFO);
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let background = Background::new();
+    let (release, held) = oneshot::channel::<()>();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Some(held)));
+    let app = Router::new()
+        .route(
+            "/",
+            get(move |tasks: Tasks| {
+                let held = held.lock().expect("not poisoned").take();
+                async move {
+                    tasks.schedule(async move {
+                        if let Some(held) = held {
+                            let _ = held.await;
+                        }
+                    });
+                    "ok"
+                }
+            }),
+        )
+        .layer(background.layer());
+    let served = async {
+        let response = app
+            .oneshot(request(Method::GET, "/"))
+            .await
+            .expect("infallible");
+        response.into_body().collect().await.expect("infallible");
+    };
+    served.instrument(tracing::info_span!("request")).await;
+
+    assert_eq!(background.in_flight().len(), 1, "the task still runs");
+    assert_eq!(log.closed.snapshot(), ["request"]);
+    let _ = release.send(());
+    within("the task to end", background.wait_idle()).await;
+}

@@ -39,12 +39,12 @@ use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::SharedErrorHandler;
-use crate::info::RequestMeta;
 use crate::inner::Shared;
 use crate::metrics::TaskMetrics;
 use crate::mode::ModeKind;
 use crate::name::TaskName;
 use crate::registry::{Counters, Entry};
+use crate::request::RequestScope;
 use crate::{Phase, TaskError, TaskId, TaskInfo};
 
 pub(crate) use state::{Claim, Claimant};
@@ -82,8 +82,10 @@ pub(crate) struct TaskCell {
     /// When the task was scheduled, as nanoseconds after the registry's
     /// epoch (half the size of an `Instant`: every task keeps one).
     scheduled: u64,
-    /// `Some` when the task was scheduled from a request.
-    pub(crate) request: Option<Arc<RequestMeta>>,
+    /// `Some` when the task was scheduled from a request: its scope, for
+    /// the request's method and path (one allocation a request, not one
+    /// more for them).
+    pub(crate) request: Option<Arc<RequestScope>>,
     /// `Some` when the merged config names a handler.
     pub(crate) on_error: Option<SharedErrorHandler>,
     state: TaskState,
@@ -130,7 +132,7 @@ pub(crate) struct NewTask {
     pub(crate) mode: ModeKind,
     pub(crate) shielded: bool,
     pub(crate) unique: bool,
-    pub(crate) request: Option<Arc<RequestMeta>>,
+    pub(crate) request: Option<Arc<RequestScope>>,
     pub(crate) on_error: Option<SharedErrorHandler>,
 }
 
@@ -187,8 +189,8 @@ impl TaskCell {
             scheduled_at: self.scheduled_at(),
             started_at: self.started_at(),
             due_at: self.due_at(),
-            method: self.request.as_ref().map(|r| r.method.clone()),
-            path: self.request.as_ref().map(|r| r.path.clone()),
+            method: self.request.as_ref().map(|r| r.meta.method.clone()),
+            path: self.request.as_ref().map(|r| r.meta.path.clone()),
             // Relaxed: a count for display; nothing is published through it.
             attempts: self.attempts.load(Ordering::Relaxed),
             // Relaxed: for display, as `attempts`.
