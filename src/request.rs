@@ -21,7 +21,12 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
+// The line's lock is loom's in the loom model (see the end of this file).
+#[cfg(axum_background_loom)]
+use loom::sync::{Mutex, MutexGuard};
+#[cfg(not(axum_background_loom))]
+use std::sync::{Mutex, MutexGuard};
 
 use http::request::Parts;
 use tracing::Span;
@@ -359,5 +364,140 @@ impl Drop for HandingOn {
 impl fmt::Debug for Turn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Turn").finish_non_exhaustive()
+    }
+}
+
+/// A loom model of the turn: a request's tasks released by its handler and
+/// its layer while a runtime thread starts them (gives their turns up) and
+/// another thread schedules through a `Tasks` clone. Each is handed to its
+/// runtime exactly once; the request's own tasks in release order (its
+/// immediate tasks in schedule order, then after-route, then
+/// after-response); never two holding the turn at once; and the turn is free
+/// once all have started. Run by `.ci/run` with
+/// `RUSTFLAGS="--cfg axum_background_loom" cargo test --lib loom`.
+#[cfg(all(test, axum_background_loom))]
+mod loom_model {
+    use loom::sync::Mutex;
+    use loom::thread;
+
+    use super::*;
+
+    /// What the model's runtime saw.
+    #[derive(Default)]
+    struct Runtime {
+        /// The tasks in the order they were handed over.
+        spawned: Vec<usize>,
+        /// Turns held by spawned tasks that have not started yet.
+        turns: Vec<Turn>,
+        /// Whether a task holds the turn (handed over with one, not started).
+        holding: bool,
+    }
+
+    /// A task that records its hand-over instead of being spawned.
+    struct Probe {
+        number: usize,
+        runtime: std::sync::Arc<Mutex<Runtime>>,
+        below: Link,
+    }
+
+    impl Release for Probe {
+        fn admit(&mut self) -> Result<(), RejectReason> {
+            Ok(())
+        }
+
+        fn reject(self, _: RejectReason) -> Rejection {
+            unreachable!("the model's tasks are always admitted")
+        }
+
+        fn reject_boxed(self: Box<Self>, reason: RejectReason) -> Rejection {
+            (*self).reject(reason)
+        }
+
+        fn run(self, _: &Arc<Shared>, turn: Option<Turn>) {
+            let mut runtime = self.runtime.lock().expect("not poisoned");
+            runtime.spawned.push(self.number);
+            if let Some(turn) = turn {
+                assert!(!runtime.holding, "two tasks hold the turn");
+                runtime.holding = true;
+                runtime.turns.push(turn);
+            }
+        }
+
+        fn run_boxed(self: Box<Self>, shared: &Arc<Shared>, turn: Option<Turn>) {
+            (*self).run(shared, turn);
+        }
+
+        fn below(&mut self) -> &mut Link {
+            &mut self.below
+        }
+    }
+
+    #[test]
+    fn loom_tasks_are_handed_over_once_each_in_release_order() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound.get_or_insert(3);
+        builder.check(|| {
+            // (No blocking detection: its watchdog thread is outside the model.)
+            let background = crate::Background::builder().detect_blocking(None).build();
+            let parts = http::Request::new(()).into_parts().0;
+            let scope = Arc::new(RequestScope::new(Arc::clone(&background.shared), &parts));
+            let runtime = std::sync::Arc::new(Mutex::new(Runtime::default()));
+            let probe = |number| Probe {
+                number,
+                runtime: std::sync::Arc::clone(&runtime),
+                below: None,
+            };
+            // The runtime: starts each task holding the turn, which hands
+            // the next one over.
+            let starter = {
+                let runtime = std::sync::Arc::clone(&runtime);
+                thread::spawn(move || {
+                    loop {
+                        let mut held = runtime.lock().expect("not poisoned");
+                        if held.spawned.len() == 5 && held.turns.is_empty() {
+                            return;
+                        }
+                        let Some(turn) = held.turns.pop() else {
+                            drop(held);
+                            thread::yield_now();
+                            continue;
+                        };
+                        held.holding = false;
+                        drop(held);
+                        turn.pass();
+                    }
+                })
+            };
+            // A `Tasks` clone used from another thread.
+            let clone = {
+                let scope = Arc::clone(&scope);
+                let task = probe(4);
+                thread::spawn(move || scope.at(Phase::Immediate, task))
+            };
+            // The handler, then the layer.
+            scope.at(Phase::Immediate, probe(0));
+            scope.at(Phase::AfterRoute, probe(1));
+            scope.at(Phase::Immediate, probe(2));
+            scope.at(Phase::AfterResponse, probe(3));
+            scope.reach(Phase::AfterRoute);
+            scope.reach(Phase::AfterResponse);
+            clone.join().expect("clone");
+            starter.join().expect("runtime");
+
+            let runtime = runtime.lock().expect("not poisoned");
+            let own: Vec<usize> = runtime
+                .spawned
+                .iter()
+                .copied()
+                .filter(|n| *n != 4)
+                .collect();
+            assert_eq!(own, [0, 2, 1, 3], "released order: {:?}", runtime.spawned);
+            assert_eq!(runtime.spawned.len(), 5, "each once: {:?}", runtime.spawned);
+            assert!(!runtime.holding);
+            assert!(
+                !scope.lock().taken,
+                "the turn is free once all have started"
+            );
+        });
     }
 }
