@@ -219,11 +219,13 @@ impl RequestScope {
         }
         line.reached = phase;
         let ended = phase == Phase::AfterResponse;
-        if ended {
-            line.span = None;
-        }
+        // Dropped once the lock is released: closing a span runs the
+        // subscriber's code.
+        let request_span = if ended { line.span.take() } else { None };
         if line.after_route.is_empty() && (!ended || line.after_response.is_empty()) {
             // Nothing waits for this phase.
+            drop(line);
+            drop(request_span);
             return;
         }
         // After-route tasks first, then (once it is reached) after-response
@@ -247,6 +249,7 @@ impl RequestScope {
             }
         }
         drop(line);
+        drop(request_span);
         if let Some(first) = first {
             first.run_boxed(&self.shared, Some(Turn(Some(Arc::clone(self)))));
         }
