@@ -326,8 +326,10 @@ fn task_span(cell: &TaskCell, scope: Option<&Arc<RequestScope>>) -> Option<traci
     if span.is_disabled() {
         return None;
     }
-    match scope {
-        Some(scope) => span.follows_from(scope.span_id()),
+    // A request's span, while the request is served; else (no request, or
+    // a `Tasks` kept past the response) the span the task is scheduled in.
+    match scope.and_then(|scope| scope.span_id()) {
+        Some(request) => span.follows_from(request),
         None => span.follows_from(tracing::Span::current()),
     };
     Some(span)

@@ -981,11 +981,13 @@ async fn task_info_carries_request_method_path_phase_and_derived_name() {
     assert_eq!(after.attempts, 1);
 }
 
-/// What a subscriber saw of spans: which closed, by name.
+/// What a subscriber saw of spans, by name: which closed, and which
+/// followed from which.
 #[derive(Clone, Default)]
 struct SpanLog {
     names: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, &'static str>>>,
     closed: Events,
+    follows: Events,
 }
 
 impl<S> tracing_subscriber::Layer<S> for SpanLog
@@ -1000,6 +1002,18 @@ where
     ) {
         let mut names = self.names.lock().expect("not poisoned");
         names.insert(id.into_u64(), attrs.metadata().name());
+    }
+
+    fn on_follows_from(
+        &self,
+        span: &tracing::Id,
+        follows: &tracing::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let names = self.names.lock().expect("not poisoned");
+        let name = |id: &tracing::Id| names.get(&id.into_u64()).copied().unwrap_or("?");
+        self.follows
+            .push(format!("{} follows {}", name(span), name(follows)));
     }
 
     fn on_close(&self, id: tracing::Id, _: tracing_subscriber::layer::Context<'_, S>) {
@@ -1057,4 +1071,54 @@ async fn a_running_task_does_not_keep_its_request_span_open() {
     assert_eq!(log.closed.snapshot(), ["request"]);
     let _ = release.send(());
     within("the task to end", background.wait_idle()).await;
+}
+
+/// A task follows from the span its request was served in; one scheduled
+/// through a `Tasks` kept past the response (the request's span is gone)
+/// follows from the span it is scheduled in.
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_follows_from_its_request_span_or_after_the_request_from_its_own() {
+    use tracing::Instrument;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let log = SpanLog::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(log.clone()));
+
+    let background = Background::new();
+    let (kept, mut handed) = mpsc::unbounded_channel::<Tasks>();
+    let app = Router::new()
+        .route(
+            "/",
+            get(move |tasks: Tasks| {
+                let kept = kept.clone();
+                async move {
+                    tasks.schedule(async {});
+                    let _ = kept.send(tasks);
+                    "ok"
+                }
+            }),
+        )
+        .layer(background.layer());
+    let served = async {
+        let response = app
+            .oneshot(request(Method::GET, "/"))
+            .await
+            .expect("infallible");
+        response.into_body().collect().await.expect("infallible");
+    };
+    served.instrument(tracing::info_span!("request")).await;
+    let tasks = handed.recv().await.expect("the handler ran");
+    async { tasks.schedule(async {}).started().await }
+        .instrument(tracing::info_span!("later"))
+        .await;
+    within("the tasks to end", background.wait_idle()).await;
+
+    assert_eq!(
+        log.follows.snapshot(),
+        [
+            "background_task follows request",
+            "background_task follows later"
+        ]
+    );
 }
