@@ -1058,14 +1058,9 @@ async fn a_running_task_does_not_keep_its_request_span_open() {
             }),
         )
         .layer(background.layer());
-    let served = async {
-        let response = app
-            .oneshot(request(Method::GET, "/"))
-            .await
-            .expect("infallible");
-        response.into_body().collect().await.expect("infallible");
-    };
-    served.instrument(tracing::info_span!("request")).await;
+    respond(app, Method::GET, "/")
+        .instrument(tracing::info_span!("request"))
+        .await;
 
     assert_eq!(background.in_flight().len(), 1, "the task still runs");
     assert_eq!(log.closed.snapshot(), ["request"]);
@@ -1100,14 +1095,9 @@ async fn a_task_follows_from_its_request_span_or_after_the_request_from_its_own(
             }),
         )
         .layer(background.layer());
-    let served = async {
-        let response = app
-            .oneshot(request(Method::GET, "/"))
-            .await
-            .expect("infallible");
-        response.into_body().collect().await.expect("infallible");
-    };
-    served.instrument(tracing::info_span!("request")).await;
+    respond(app, Method::GET, "/")
+        .instrument(tracing::info_span!("request"))
+        .await;
     let tasks = handed.recv().await.expect("the handler ran");
     async { tasks.schedule(async {}).started().await }
         .instrument(tracing::info_span!("later"))
