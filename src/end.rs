@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 
 use crate::cell::{Claim, Claimant, TaskCell};
-use crate::error::panic_message;
+use crate::error::{RejectReason, panic_message};
 use crate::mode::ModeKind;
 use crate::outcome::OutcomeKind;
 use crate::{TaskError, TaskInfo};
@@ -53,6 +53,12 @@ pub(crate) enum Ending {
 /// A boxed report: an error handler to await (the rare path, kept off every
 /// task's future).
 pub(crate) type Report = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Ends a task its admission refused (it never started): reported as
+/// rejected for `reason`.
+pub(crate) fn rejected(cell: &Arc<TaskCell>, reason: RejectReason) {
+    let _ = end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+}
 
 /// Ends `cell` with `outcome`, unless its end was claimed already.
 #[inline]

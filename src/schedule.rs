@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crate::cell::{NewTask, TaskCell};
-use crate::end::{self, How, RunnerGuard};
+use crate::end::{self, RunnerGuard};
 use crate::error::RejectReason;
 use crate::handle::TaskHandle;
 use crate::inner::Shared;
@@ -17,7 +17,7 @@ use crate::options::{Start, TaskOptions};
 use crate::request::{Link, Rejection, Release, RequestScope, Turn};
 use crate::run::{self, Extras, Job};
 use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
-use crate::{Phase, TaskError};
+use crate::Phase;
 
 /// Schedules a task that runs once.
 pub(crate) fn once<T, M>(
@@ -170,7 +170,7 @@ fn admit<Md: Mode, A: Attempts>(
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(reason) => {
-            let _ = end::end(&cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+            end::rejected(&cell, reason);
             return handle;
         }
     };
@@ -224,13 +224,7 @@ fn admit<Md: Mode, A: Attempts>(
             let mut job = job;
             match admit_job(&mut job, delayed) {
                 Ok(()) => run::start::<Md, _>(runtime, job),
-                Err(reason) => {
-                    let _ = end::end(
-                        &job.guard.cell,
-                        Err(TaskError::Rejected(reason)),
-                        How::Unstarted,
-                    );
-                }
+                Err(reason) => end::rejected(&job.guard.cell, reason),
             }
         }
     }
@@ -281,10 +275,7 @@ impl<Md: Mode, A: Attempts> Release for Released<Md, A> {
 
     fn reject(self, reason: RejectReason) -> Rejection {
         let job = self.job;
-        Rejection(Box::new(move || {
-            let cell = &job.guard.cell;
-            let _ = end::end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
-        }))
+        Rejection(Box::new(move || end::rejected(&job.guard.cell, reason)))
     }
 
     fn reject_boxed(self: Box<Self>, reason: RejectReason) -> Rejection {

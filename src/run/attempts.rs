@@ -63,7 +63,7 @@ impl<A: Attempts> Job<A> {
             match shared.limits.admit(self.admission) {
                 Ok(slot) => self.slot = slot,
                 Err(reason) => {
-                    let _ = end::end(&cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+                    end::rejected(&cell, reason);
                     return;
                 }
             }
