@@ -43,14 +43,9 @@ pub(crate) trait Release: Send + 'static {
     /// Requests the task's limits' permits (under the request's lock).
     fn admit(&mut self) -> Result<(), RejectReason>;
 
-    /// The report of a task `admit` refused: it ends the task, and runs user
-    /// code (its error handler), so it is called once no lock is held.
-    fn reject(self, reason: RejectReason) -> Rejection
-    where
-        Self: Sized;
-
-    /// `reject` for a boxed task.
-    fn reject_boxed(self: Box<Self>, reason: RejectReason) -> Rejection;
+    /// Ends a task `admit` refused. Its report runs user code (its error
+    /// handler): called once no lock is held.
+    fn reject(&self, reason: RejectReason);
 
     /// Hands the admitted task to its runtime; `turn` is given up once it
     /// has started.
@@ -109,10 +104,6 @@ impl Drop for Stack {
         while self.pop().is_some() {}
     }
 }
-
-/// A task refused at its release, whose report runs user code and so waits
-/// until no lock is held.
-pub(crate) struct Rejection(pub(crate) Box<dyn FnOnce() + Send>);
 
 /// One request's background state, shared by the layer's future and body, by
 /// every `Tasks` extracted from the request, by the turn, and by the
@@ -202,8 +193,7 @@ impl RequestScope {
             }
             Err(reason) => {
                 drop(line);
-                let Rejection(report) = task.reject(reason);
-                return report();
+                return task.reject(reason);
             }
         };
         drop(line);
@@ -245,7 +235,7 @@ impl RequestScope {
                     line.taken = true;
                     first = Some(task);
                 }
-                Err(reason) => rejected.push(task.reject_boxed(reason)),
+                Err(reason) => rejected.push((task, reason)),
             }
         }
         drop(line);
@@ -253,8 +243,8 @@ impl RequestScope {
         if let Some(first) = first {
             first.run_boxed(&self.shared, Some(Turn(Some(Arc::clone(self)))));
         }
-        for Rejection(report) in rejected {
-            report();
+        for (task, reason) in rejected {
+            task.reject(reason);
         }
     }
 
@@ -408,12 +398,8 @@ mod loom_model {
             Ok(())
         }
 
-        fn reject(self, _: RejectReason) -> Rejection {
+        fn reject(&self, _: RejectReason) {
             unreachable!("the model's tasks are always admitted")
-        }
-
-        fn reject_boxed(self: Box<Self>, reason: RejectReason) -> Rejection {
-            (*self).reject(reason)
         }
 
         fn run(self, _: &Arc<Shared>, turn: Option<Turn>) {

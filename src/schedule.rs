@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use crate::Phase;
 use crate::cell::{NewTask, TaskCell};
 use crate::end::{self, RunnerGuard};
 use crate::error::RejectReason;
@@ -14,10 +15,9 @@ use crate::limits::Admission;
 use crate::mode::Mode;
 use crate::name::TaskName;
 use crate::options::{Start, TaskOptions};
-use crate::request::{Link, Rejection, Release, RequestScope, Turn};
+use crate::request::{Link, Release, RequestScope, Turn};
 use crate::run::{self, Extras, Job};
 use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
-use crate::Phase;
 
 /// Schedules a task that runs once.
 pub(crate) fn once<T, M>(
@@ -273,13 +273,8 @@ impl<Md: Mode, A: Attempts> Release for Released<Md, A> {
         admit_job(&mut self.job, self.delayed)
     }
 
-    fn reject(self, reason: RejectReason) -> Rejection {
-        let job = self.job;
-        Rejection(Box::new(move || end::rejected(&job.guard.cell, reason)))
-    }
-
-    fn reject_boxed(self: Box<Self>, reason: RejectReason) -> Rejection {
-        (*self).reject(reason)
+    fn reject(&self, reason: RejectReason) {
+        end::rejected(&self.job.guard.cell, reason);
     }
 
     fn run(mut self, shared: &Arc<Shared>, turn: Option<Turn>) {

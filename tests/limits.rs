@@ -23,8 +23,8 @@ use axum::response::Response;
 use axum::routing::get;
 use axum_background::handler::{IntoErrorHandler, SharedErrorHandler};
 use axum_background::{
-    Background, BackgroundTask, BoxError, OverflowPolicy, RejectReason, RetryPolicy, TaskConfig,
-    TaskContext, TaskError, TaskHandle, TaskId, TaskInfo, Tasks, mode,
+    Background, BackgroundTask, BoxError, OverflowPolicy, Phase, RejectReason, RetryPolicy,
+    TaskConfig, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo, Tasks, mode,
 };
 use bytes::Bytes;
 use futures_util::stream;
@@ -1606,4 +1606,76 @@ async fn an_ended_task_has_given_back_its_slot() {
         within("idle", background.wait_idle()).await;
     }
     assert_eq!(background.stats().rejected, 0);
+}
+
+/// A request's tasks refused when their phase comes are reported once the
+/// request's lock is released: their error handler may schedule through the
+/// request's own `Tasks`.
+#[tokio::test]
+async fn tasks_refused_when_their_phase_comes_are_reported_outside_the_requests_lock() {
+    let background = Background::builder()
+        .max_in_flight(1)
+        .overflow(OverflowPolicy::Reject)
+        .build();
+    let (open_tx, open_rx) = watch::channel(false);
+    let holder = background.schedule(async move {
+        let mut open = open_rx;
+        let _ = open.wait_for(|open| *open).await;
+    });
+    within("the holder to start", holder.started()).await;
+
+    let (reported, mut reports) = mpsc::unbounded_channel::<(Phase, Option<TaskHandle>)>();
+    let app = Router::new()
+        .route(
+            "/",
+            get(move |tasks: Tasks| {
+                let reported = reported.clone();
+                async move {
+                    for phase in [Phase::AfterRoute, Phase::AfterResponse] {
+                        let (kept, reported) = (tasks.clone(), reported.clone());
+                        let report = move |info: &TaskInfo, _: &TaskError| {
+                            // From another thread, waited for a while: a
+                            // report made under the request's lock fails
+                            // here instead of hanging.
+                            let (done, scheduled) = std::sync::mpsc::channel();
+                            let kept = kept.clone();
+                            std::thread::spawn(move || {
+                                let _ = done.send(kept.schedule(async {}));
+                            });
+                            let scheduled = scheduled.recv_timeout(Duration::from_secs(5)).ok();
+                            let _ = reported.send((info.phase, scheduled));
+                        };
+                        tasks
+                            .task()
+                            .phase(phase)
+                            .on_error(report)
+                            .build()
+                            .schedule(async {});
+                    }
+                    "ok"
+                }
+            }),
+        )
+        .layer(background.layer());
+    let request = Request::get("/")
+        .body(Body::empty())
+        .expect("valid request");
+    let response = app.oneshot(request).await.expect("infallible");
+    within(
+        "the body",
+        http_body_util::BodyExt::collect(response.into_body()),
+    )
+    .await
+    .expect("infallible");
+
+    for expected in [Phase::AfterRoute, Phase::AfterResponse] {
+        let (phase, scheduled) = within("a report", reports.recv()).await.expect("reported");
+        assert_eq!(phase, expected);
+        let scheduled = scheduled.expect("the report ran outside the request's lock");
+        // Scheduled after the request ended: at once, and refused too.
+        let outcome = within("its outcome", scheduled.outcome()).await;
+        expect_rejected_at_limit(&outcome, 1);
+    }
+    let _ = open_tx.send(true);
+    within("idle", background.wait_idle()).await;
 }
