@@ -1037,7 +1037,7 @@ async fn a_running_task_does_not_keep_its_request_span_open() {
     let subscriber = tracing_subscriber::registry()
         .with(log.clone())
         .with(LevelFilter::INFO);
-    let _default = tracing::subscriber::set_default(subscriber);
+    let _default = util::set_default(subscriber);
 
     let background = Background::new();
     let (release, held) = oneshot::channel::<()>();
@@ -1077,8 +1077,7 @@ async fn a_task_follows_from_its_request_span_or_after_the_request_from_its_own(
     use tracing_subscriber::layer::SubscriberExt;
 
     let log = SpanLog::default();
-    let _default =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(log.clone()));
+    let _default = util::set_default(tracing_subscriber::registry().with(log.clone()));
 
     let background = Background::new();
     let (kept, mut handed) = mpsc::unbounded_channel::<Tasks>();

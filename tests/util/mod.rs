@@ -128,6 +128,22 @@ pub fn infos(entries: &[axum_background::ShutdownEntry]) -> Vec<axum_background:
     entries.iter().map(|entry| entry.info.clone()).collect()
 }
 
+/// Installs `subscriber` for this thread only, as
+/// `tracing::subscriber::set_default` does, safe among parallel tests.
+///
+/// While only one dispatcher is alive, tracing caches a callsite's interest
+/// from the dispatcher of whichever thread hits it first: a callsite first hit
+/// by a parallel test (no subscriber) would be "never" for this one too. A
+/// second, idle dispatcher kept alive makes tracing ask every live dispatcher
+/// instead.
+pub fn set_default(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> tracing::subscriber::DefaultGuard {
+    static IDLE: OnceLock<tracing::Dispatch> = OnceLock::new();
+    IDLE.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    tracing::subscriber::set_default(subscriber)
+}
+
 /// A tracing writer into a shared buffer.
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -147,20 +163,13 @@ impl Captured {
     /// Installs a subscriber at `level` writing here, for this thread only:
     /// on a current-thread runtime the async tasks log on this thread too.
     pub fn install(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
-        // While only one dispatcher is alive, tracing caches a callsite's
-        // interest from the dispatcher of whichever thread hits it first: a
-        // callsite first hit by a parallel test (no subscriber) would be
-        // "never" for this one too. A second, idle dispatcher kept alive makes
-        // tracing ask every live dispatcher instead.
-        static IDLE: OnceLock<tracing::Dispatch> = OnceLock::new();
-        IDLE.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let writer = self.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .with_max_level(level)
             .finish();
-        tracing::subscriber::set_default(subscriber)
+        set_default(subscriber)
     }
 
     pub fn lines(&self) -> Vec<String> {
