@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+use compact_str::CompactString;
 use http::Method;
 use http::request::Parts;
 
@@ -69,10 +70,14 @@ pub struct TaskInfo {
 }
 
 /// What a task's [`TaskInfo`](crate::TaskInfo) records of its request.
+///
+/// The path is kept inline when it is short (up to 24 bytes, most routes'),
+/// so a request that schedules makes no allocation for it; a `TaskInfo`,
+/// read far less often than a request is served, copies it out.
 #[derive(Debug)]
 pub(crate) struct RequestMeta {
     pub(crate) method: Method,
-    pub(crate) path: Arc<str>,
+    pub(crate) path: CompactString,
 }
 
 impl RequestMeta {
@@ -85,7 +90,7 @@ impl RequestMeta {
             .map_or_else(|| parts.uri.path(), |original| original.0.path());
         RequestMeta {
             method: parts.method.clone(),
-            path: Arc::from(path),
+            path: CompactString::new(path),
         }
     }
 }

@@ -981,6 +981,37 @@ async fn task_info_carries_request_method_path_phase_and_derived_name() {
     assert_eq!(after.attempts, 1);
 }
 
+/// A short path is kept inline and a long one on the heap: either comes
+/// back whole in `TaskInfo`, and each task's info has its own copy.
+#[tokio::test]
+async fn task_info_carries_short_and_long_paths_whole() {
+    let background = Background::new();
+    let (out, mut handed) = mpsc::unbounded_channel::<TaskHandle>();
+    let app = Router::new()
+        .route(
+            "/{*rest}",
+            get(move |tasks: Tasks| {
+                let out = out.clone();
+                async move {
+                    let _ = out.send(tasks.schedule(async {}));
+                }
+            }),
+        )
+        .layer(background.layer());
+
+    let long = format!("/reports/{}/summary", "0123456789".repeat(8));
+    for path in ["/r", "/exactly/twenty-four/byt", long.as_str()] {
+        let (status, _) = respond(app.clone(), Method::GET, path).await;
+        assert_eq!(status, StatusCode::OK);
+        let handle = handed.try_recv().expect("the handler ran");
+        assert_eq!(handle.info().path.as_deref(), Some(path));
+        within("the task to end", handle.outcome())
+            .await
+            .expect("completed");
+    }
+    within("idle", background.wait_idle()).await;
+}
+
 /// What a subscriber saw of spans, by name: which closed, and which
 /// followed from which.
 #[derive(Clone, Default)]

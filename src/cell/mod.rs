@@ -190,7 +190,10 @@ impl TaskCell {
             started_at: self.started_at(),
             due_at: self.due_at(),
             method: self.request.as_ref().map(|r| r.meta.method.clone()),
-            path: self.request.as_ref().map(|r| r.meta.path.clone()),
+            path: self
+                .request
+                .as_ref()
+                .map(|r| Arc::from(r.meta.path.as_str())),
             // Relaxed: a count for display; nothing is published through it.
             attempts: self.attempts.load(Ordering::Relaxed),
             // Relaxed: for display, as `attempts`.
