@@ -1,10 +1,13 @@
 # Shared by bench/run.sh and bench/shutdown_burst.sh (sourced, not run):
-# installs what the load benches need, builds and writes the three servers,
-# starts and stops them, and reads /proc.
+# installs what the load benches need, builds and writes the servers, starts
+# and stops them, and reads /proc.
 #
-# The three servers, same endpoints (see examples/bench_server.rs):
+# The servers, same endpoints (see examples/bench_server.rs):
 #   crate    examples/bench_server.rs  axum + axum-background
 #   bare     examples/bench_bare.rs    axum + plain tokio::spawn / spawn_blocking (the floor)
+#   layered  bench_bare with LAYER=watch: bare under a layer that only wraps each
+#            response body (what axum charges any layer that watches the response's
+#            end; not run unless named in SERVERS)
 #   fastapi  bench/fastapi_app.py      FastAPI + fastapi-tasks under uvicorn (1 worker, uvloop, httptools)
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,6 +19,7 @@ BARE_BIN="$TARGET_DIR/release/examples/bench_bare"
 CRATE_PORT="${CRATE_PORT:-3101}"
 BARE_PORT="${BARE_PORT:-3102}"
 FASTAPI_PORT="${FASTAPI_PORT:-3103}"
+LAYERED_PORT="${LAYERED_PORT:-3104}"
 # The fastapi-tasks version BENCH.md measured.
 FASTAPI_TASKS_VERSION="${FASTAPI_TASKS_VERSION:-0.1.0}"
 
@@ -174,6 +178,10 @@ start_server() {
     bare)
         PORT="$BARE_PORT" "$BARE_BIN" >"$logfile" 2>&1 &
         SERVER_URL="http://127.0.0.1:$BARE_PORT"
+        ;;
+    layered)
+        LAYER=watch PORT="$LAYERED_PORT" "$BARE_BIN" >"$logfile" 2>&1 &
+        SERVER_URL="http://127.0.0.1:$LAYERED_PORT"
         ;;
     fastapi)
         (cd "$BENCH_DIR" && exec "$VENV/bin/python" -m uvicorn fastapi_app:app \

@@ -19,7 +19,8 @@
 #
 # Environment: ROUNDS (3), DURATION (5s), WARMUP (1s), CONNECTIONS (64),
 # THREADS (1), ENDPOINTS ("noop immediate phases blocking"), SERVERS
-# ("crate bare fastapi"), IDLE_MIN_PCT (85) and IDLE_WAIT_S (60) for the
+# ("crate bare fastapi"; add "layered" for the floor under any layer, see
+# lib.sh), IDLE_MIN_PCT (85) and IDLE_WAIT_S (60) for the
 # wait for a quiet machine before each run.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -22,7 +22,7 @@ from pathlib import Path
 TICKS_PER_SECOND = 100  # getconf CLK_TCK
 QUIET_PCT = 10.0
 TASKS_PER_REQUEST = {"noop": 0, "immediate": 1, "phases": 3, "blocking": 1}
-SERVERS = ["crate", "bare", "fastapi"]
+SERVERS = ["crate", "bare", "layered", "fastapi"]
 # BENCH.md: crate / bare CPU and req/s within 3% (noop) or 10% (the rest).
 BARE_GOAL = {"noop": 1.03, "immediate": 1.10, "phases": 1.10, "blocking": 1.10}
 FASTAPI_GOAL = 20.0
@@ -201,14 +201,18 @@ def summarize_load(results):
 
     print("\n## Ratios and goals\n")
     print("CPU ratio: ratio of the median CPU µs/req (in brackets: median of the per-round ratios, crate and bare run back to back).\n")
-    print("| endpoint | CPU µs/req crate/bare | goal | req/s crate/bare | goal | req/s crate/fastapi | goal ≥ 20× | lost tasks (all servers) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("The layered floor: bare under a layer that only wraps each response body, against bare (what axum charges any such layer; run when SERVERS names `layered`).\n")
+    print("| endpoint | CPU µs/req crate/bare | goal | req/s crate/bare | goal | req/s crate/fastapi | goal ≥ 20× | CPU layered/bare | lost tasks (all servers) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for endpoint in endpoints:
         c = medians.get((endpoint, "crate"))
         b = medians.get((endpoint, "bare"))
         f = medians.get((endpoint, "fastapi"))
+        layered = medians.get((endpoint, "layered"))
         goal = BARE_GOAL[endpoint]
-        cpu_ratio = rps_ratio = fastapi_ratio = round_ratio = float("nan")
+        cpu_ratio = rps_ratio = fastapi_ratio = round_ratio = floor_ratio = float("nan")
+        if layered and b:
+            floor_ratio = layered["cpu"] / b["cpu"]
         if c and b:
             cpu_ratio = c["cpu"] / b["cpu"]
             rps_ratio = c["rps"] / b["rps"]
@@ -228,7 +232,7 @@ def summarize_load(results):
         print(
             f"| /{endpoint} | {fmt(cpu_ratio, 3)} ({fmt(round_ratio, 3)}) | ≤ {goal:.2f}: {verdict(cpu_ok)} "
             f"| {fmt(rps_ratio, 3)} | ≥ {1 / goal:.3f}: {verdict(rps_ok)} "
-            f"| {fmt(fastapi_ratio, 1)}× | {verdict(fastapi_ok)} | {lost} |"
+            f"| {fmt(fastapi_ratio, 1)}× | {verdict(fastapi_ok)} | {fmt(floor_ratio, 3)} | {lost} |"
         )
     problems = [(r["endpoint"], r["server"], r["round"], p) for r in runs for p in r["problems"]]
     print()

@@ -11,15 +11,22 @@
 //! returns, dropping the runtime as a plain tokio program does; then it
 //! prints `SHUTDOWN {json}` with what `/burst` scheduled and the counter.
 //!
+//! With `LAYER=watch` the routes sit under the least a layer acting once the
+//! response has been sent can do: one wrapping each response body (to see its
+//! end) that only passes its frames on. It is the floor for the crate's layer
+//! on `/noop`: what axum charges any such layer (`bench/run.sh`'s `layered`).
+//!
 //! `PORT=3000 cargo run --release --example bench_bare`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header;
+use axum::body::Body;
+use axum::http::{Response, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use http_body_util::BodyExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -96,6 +103,11 @@ fn main() -> Result<(), BoxError> {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(3000);
+    let watch = match std::env::var("LAYER").as_deref() {
+        Ok("watch") => true,
+        Ok(other) => return Err(format!("unknown LAYER {other:?}: watch, or unset").into()),
+        Err(_) => false,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -108,6 +120,13 @@ fn main() -> Result<(), BoxError> {
             .route("/blocking", get(blocking))
             .route("/burst", get(burst))
             .route("/stats", get(stats));
+        let app = if watch {
+            app.layer(tower::util::MapResponseLayer::new(
+                |response: Response<Body>| response.map(|body| body.map_frame(|frame| frame)),
+            ))
+        } else {
+            app
+        };
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         println!("listening on http://127.0.0.1:{port}");
         axum::serve(listener, app)

@@ -113,12 +113,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
             "bare-phases" | "crate-phases" | "bare-immediate" | "crate-immediate"
             | "bare-request-sync" | "crate-request-sync" | "bare-extract" | "crate-extract"
-            | "bare-noop" | "crate-noop" => requests(&variant, tasks).await?,
+            | "bare-noop" | "crate-noop" | "identity-noop" | "watch-noop" => {
+                requests(&variant, tasks).await?
+            }
             other => {
                 return Err(format!(
                     "unknown variant {other:?}: bare, crate, crate-undetected, bare-sync, \
-                     crate-sync, or bare- or crate- with phases, immediate, request-sync, \
-                     extract or noop"
+                     crate-sync, bare- or crate- with phases, immediate, request-sync, \
+                     extract or noop, or identity-noop or watch-noop"
                 )
                 .into());
             }
@@ -134,8 +136,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// it (`bare-*`): `phases` schedules one trivial async task per phase (three
 /// `tokio::spawn` for bare), `immediate` one (one `tokio::spawn`),
 /// `request-sync` one sync task (`spawn_blocking`), `extract` nothing but
-/// extracting `Tasks` (bare: nothing), `noop` nothing. `tasks` is the number of tasks (of requests, for `noop`);
-/// batches of requests are awaited once every task has run.
+/// extracting `Tasks` (bare: nothing), `noop` nothing; `identity-noop` and
+/// `watch-noop` are bare `noop` under a layer that does nothing, and under
+/// one that only passes each response body on through a wrapper (what axum
+/// charges any layer). `tasks` is the number of tasks (of requests, for
+/// `noop`); batches of requests are awaited once every task has run.
 async fn requests(
     variant: &str,
     tasks: usize,
@@ -155,11 +160,10 @@ async fn requests(
     }
 
     let background = Background::new();
-    let (kind, with_layer) = match variant.split_once('-') {
-        Some(("crate", kind)) => (kind, true),
-        Some((_, kind)) => (kind, false),
-        None => return Err(format!("not a request variant: {variant:?}").into()),
-    };
+    let (layer, kind) = variant
+        .split_once('-')
+        .ok_or_else(|| format!("not a request variant: {variant:?}"))?;
+    let with_layer = layer == "crate";
     let (app, per_request) = match (kind, with_layer) {
         ("phases", true) => (
             Router::new().route(
@@ -233,10 +237,16 @@ async fn requests(
         ("noop" | "extract", _) => (Router::new().route("/", get(|| async { "ok" })), 0),
         _ => return Err(format!("unknown request variant {variant:?}").into()),
     };
-    let app = if with_layer {
-        app.layer(background.layer())
-    } else {
-        app
+    let app = match layer {
+        "crate" => app.layer(background.layer()),
+        // The floor under any layer: axum's price for `Router::layer` itself.
+        "identity" => app.layer(tower::layer::util::Identity::new()),
+        // The least a layer that acts once the response has been sent does:
+        // wrap the response body to see its end.
+        "watch" => app.layer(tower::util::MapResponseLayer::new(
+            |response: http::Response<Body>| response.map(|body| body.map_frame(|frame| frame)),
+        )),
+        _ => app,
     };
     // As `axum::serve` does: routes made once, not at every request.
     let app = app.with_state::<()>(());
