@@ -122,7 +122,9 @@ fn main() -> Result<(), BoxError> {
             .route("/stats", get(stats));
         let app = if watch {
             app.layer(tower::util::MapResponseLayer::new(
-                |response: Response<Body>| response.map(|body| body.map_frame(|frame| frame)),
+                |response: Response<Body>| {
+                    response.map(|body| body.map_err(std::convert::identity))
+                },
             ))
         } else {
             app

@@ -244,7 +244,9 @@ async fn requests(
         // The least a layer that acts once the response has been sent does:
         // wrap the response body to see its end.
         "watch" => app.layer(tower::util::MapResponseLayer::new(
-            |response: http::Response<Body>| response.map(|body| body.map_frame(|frame| frame)),
+            |response: http::Response<Body>| {
+                response.map(|body| body.map_err(std::convert::identity))
+            },
         )),
         _ => app,
     };
