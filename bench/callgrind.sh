@@ -17,7 +17,8 @@
 # spawn_blocking, and requests through a router against their bare twins:
 # scheduling nothing (the layer alone), extracting `Tasks` only, one task,
 # one task per phase (three tokio::spawn), one sync task (the probe's
-# bare-/crate- noop, extract, immediate, phases and request-sync).
+# bare-/crate- noop, extract, immediate, phases and request-sync); and the
+# floor under any layer on a route (identity-noop, watch-noop).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -113,6 +114,10 @@ requests() { # bare-variant crate-variant tasks-per-request label
     done
 }
 requests bare-noop crate-noop 0 "per request, no task"
+# The floor under any layer: bare under one that does nothing, and under one
+# that only passes the response body on (`bench/run.sh`'s `layered`).
+requests bare-noop identity-noop 0 "per request, an empty layer"
+requests bare-noop watch-noop 0 "per request, a body-wrapping layer"
 requests bare-extract crate-extract 0 "per request, Tasks, no task"
 requests bare-immediate crate-immediate 1 "per request, 1 task"
 requests bare-phases crate-phases 3 "per request, 3 tasks"
