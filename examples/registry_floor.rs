@@ -1,0 +1,154 @@
+//! The floor under `benches/schedule_async.rs`: what a task costs, against
+//! bare `tokio::spawn`, in any design that keeps each task in a `DashMap`
+//! registry, as the crate does.
+//!
+//! ```text
+//! cargo run --release --example registry_floor [rounds]
+//! ```
+//!
+//! Each round runs a batch of 100,000 trivial tasks in each of five ways,
+//! spawned from outside the runtime's workers as the bench does (a
+//! multi-thread runtime with 2 workers), in an order that rotates from round
+//! to round:
+//!
+//! - `bare`: `tokio::spawn` under a `TaskTracker` (the bench's baseline);
+//! - `map`: the same, plus an entry per task in a `DashMap`, inserted when the
+//!   task is spawned and removed by the task as it ends;
+//! - `by-value`: the entry holds 120 bytes of task state by value (the size of
+//!   the crate's task cell), which the task reads once through the map;
+//! - `shared`: the entry holds that state in an `Arc` that the task holds too:
+//!   a second allocation per task, made on the spawning thread and freed on
+//!   the worker that ran the task, as the crate's cell is;
+//! - `crate`: `Background::schedule`, then `wait_idle`.
+//!
+//! It prints each way's median wall time per task over the rounds (15 by
+//! default) and its ratio to `bare`'s median.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum_background::Background;
+use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
+use tokio::runtime::Runtime;
+use tokio_util::task::TaskTracker;
+
+const TASKS: u64 = 100_000;
+const WAYS: [&str; 5] = ["bare", "map", "by-value", "shared", "crate"];
+
+/// 120 bytes of task state.
+type State = [u64; 15];
+
+/// The registries of the ways that keep one.
+#[derive(Default)]
+struct Registries {
+    ids: AtomicU64,
+    map: DashMap<u64, (), FxBuildHasher>,
+    by_value: DashMap<u64, State, FxBuildHasher>,
+    shared: DashMap<u64, Arc<State>, FxBuildHasher>,
+}
+
+/// One batch of `way`, timed.
+fn batch(
+    runtime: &Runtime,
+    way: &str,
+    registries: &Arc<Registries>,
+    background: &Background,
+) -> Duration {
+    let start = Instant::now();
+    runtime.block_on(async {
+        if way == "crate" {
+            for i in 0..TASKS {
+                drop(background.schedule(async move {
+                    black_box(i);
+                }));
+            }
+            background.wait_idle().await;
+            return;
+        }
+        let tracker = TaskTracker::new();
+        for i in 0..TASKS {
+            if way == "bare" {
+                drop(tracker.spawn(async move {
+                    black_box(i);
+                }));
+                continue;
+            }
+            let id = registries.ids.fetch_add(1, Ordering::Relaxed);
+            let registries = Arc::clone(registries);
+            let task = match way {
+                "map" => {
+                    registries.map.insert(id, ());
+                    tracker.spawn(async move {
+                        black_box(i);
+                        registries.map.remove(&id);
+                    })
+                }
+                "by-value" => {
+                    registries.by_value.insert(id, [i; 15]);
+                    tracker.spawn(async move {
+                        if let Some(state) = registries.by_value.get(&id) {
+                            black_box(state[0]);
+                        }
+                        registries.by_value.remove(&id);
+                    })
+                }
+                _ => {
+                    let state = Arc::new([i; 15]);
+                    registries.shared.insert(id, Arc::clone(&state));
+                    tracker.spawn(async move {
+                        black_box(&state);
+                        registries.shared.remove(&id);
+                    })
+                }
+            };
+            drop(task);
+        }
+        tracker.close();
+        tracker.wait().await;
+    });
+    start.elapsed()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|arg| arg.parse().expect("rounds: a number"))
+        .unwrap_or(15);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime");
+    let background = Background::builder()
+        .runtime(runtime.handle().clone())
+        .build();
+    let registries = Arc::new(Registries::default());
+
+    // A warm-up batch of each, then the rounds.
+    for way in WAYS {
+        batch(&runtime, way, &registries, &background);
+    }
+    let mut per_task: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); WAYS.len()];
+    for round in 0..rounds {
+        for k in 0..WAYS.len() {
+            let way = (round + k) % WAYS.len();
+            let took = batch(&runtime, WAYS[way], &registries, &background);
+            per_task[way].push(took.as_nanos() as f64 / TASKS as f64);
+        }
+    }
+
+    let bare = median(per_task[0].clone());
+    println!("{rounds} rounds of {TASKS} tasks, median wall time per task:");
+    for (way, times) in WAYS.iter().zip(per_task) {
+        let median = median(times);
+        println!("  {way:<9} {median:>7.0} ns  {:.3}x", median / bare);
+    }
+}
