@@ -6,7 +6,7 @@
 //! cargo run --release --example registry_floor [rounds]
 //! ```
 //!
-//! Each round runs a batch of 100,000 trivial tasks in each of five ways,
+//! Each round runs a batch of 100,000 trivial tasks in each of six ways,
 //! spawned from outside the runtime's workers as the bench does (a
 //! multi-thread runtime with 2 workers), in an order that rotates from round
 //! to round:
@@ -19,6 +19,9 @@
 //! - `shared`: the entry holds that state in an `Arc` that the task holds too:
 //!   a second allocation per task, made on the spawning thread and freed on
 //!   the worker that ran the task, as the crate's cell is;
+//! - `pooled`: the same, with the `Arc`s kept for reuse in a bounded
+//!   lock-free queue of 1,024 (`crossbeam-queue`) instead of freed, when the
+//!   task held the last reference;
 //! - `crate`: `Background::schedule`, then `wait_idle`.
 //!
 //! It prints each way's median wall time per task over the rounds (15 by
@@ -30,24 +33,59 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum_background::Background;
+use crossbeam_queue::ArrayQueue;
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 use tokio::runtime::Runtime;
 use tokio_util::task::TaskTracker;
 
 const TASKS: u64 = 100_000;
-const WAYS: [&str; 5] = ["bare", "map", "by-value", "shared", "crate"];
+const WAYS: [&str; 6] = ["bare", "map", "by-value", "shared", "pooled", "crate"];
+/// The most `Arc`s the `pooled` way keeps for reuse.
+const POOL: usize = 1024;
 
 /// 120 bytes of task state.
 type State = [u64; 15];
 
 /// The registries of the ways that keep one.
-#[derive(Default)]
 struct Registries {
     ids: AtomicU64,
     map: DashMap<u64, (), FxBuildHasher>,
     by_value: DashMap<u64, State, FxBuildHasher>,
     shared: DashMap<u64, Arc<State>, FxBuildHasher>,
+    /// `pooled`'s `Arc`s, each the only reference to its state.
+    pool: ArrayQueue<Arc<State>>,
+}
+
+impl Registries {
+    fn new() -> Self {
+        Registries {
+            ids: AtomicU64::new(0),
+            map: DashMap::default(),
+            by_value: DashMap::default(),
+            shared: DashMap::default(),
+            pool: ArrayQueue::new(POOL),
+        }
+    }
+
+    /// An `Arc` holding `state`: a pooled one if there is one.
+    fn pooled(&self, state: State) -> Arc<State> {
+        if let Some(mut pooled) = self.pool.pop() {
+            if let Some(slot) = Arc::get_mut(&mut pooled) {
+                *slot = state;
+                return pooled;
+            }
+        }
+        Arc::new(state)
+    }
+
+    /// Keeps `state` for reuse if this was its last reference and the pool
+    /// has room; frees it otherwise.
+    fn recycle(&self, mut state: Arc<State>) {
+        if Arc::get_mut(&mut state).is_some() {
+            let _ = self.pool.push(state);
+        }
+    }
 }
 
 /// One batch of `way`, timed.
@@ -95,6 +133,15 @@ fn batch(
                         registries.by_value.remove(&id);
                     })
                 }
+                "pooled" => {
+                    let state = registries.pooled([i; 15]);
+                    registries.shared.insert(id, Arc::clone(&state));
+                    tracker.spawn(async move {
+                        black_box(&state);
+                        registries.shared.remove(&id);
+                        registries.recycle(state);
+                    })
+                }
                 _ => {
                     let state = Arc::new([i; 15]);
                     registries.shared.insert(id, Arc::clone(&state));
@@ -130,7 +177,7 @@ fn main() {
     let background = Background::builder()
         .runtime(runtime.handle().clone())
         .build();
-    let registries = Arc::new(Registries::default());
+    let registries = Arc::new(Registries::new());
 
     // A warm-up batch of each, then the rounds.
     for way in WAYS {
