@@ -40,9 +40,41 @@ use tokio::runtime::Runtime;
 use tokio_util::task::TaskTracker;
 
 const TASKS: u64 = 100_000;
-const WAYS: [&str; 6] = ["bare", "map", "by-value", "shared", "pooled", "crate"];
 /// The most `Arc`s the `pooled` way keeps for reuse.
 const POOL: usize = 1024;
+
+/// The ways a batch is run, in the order printed.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    Bare,
+    Map,
+    ByValue,
+    Shared,
+    Pooled,
+    Crate,
+}
+
+const WAYS: [Way; 6] = [
+    Way::Bare,
+    Way::Map,
+    Way::ByValue,
+    Way::Shared,
+    Way::Pooled,
+    Way::Crate,
+];
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Bare => "bare",
+            Way::Map => "map",
+            Way::ByValue => "by-value",
+            Way::Shared => "shared",
+            Way::Pooled => "pooled",
+            Way::Crate => "crate",
+        }
+    }
+}
 
 /// 120 bytes of task state.
 type State = [u64; 15];
@@ -91,13 +123,13 @@ impl Registries {
 /// One batch of `way`, timed.
 fn batch(
     runtime: &Runtime,
-    way: &str,
+    way: Way,
     registries: &Arc<Registries>,
     background: &Background,
 ) -> Duration {
     let start = Instant::now();
     runtime.block_on(async {
-        if way == "crate" {
+        if way == Way::Crate {
             for i in 0..TASKS {
                 drop(background.schedule(async move {
                     black_box(i);
@@ -108,7 +140,7 @@ fn batch(
         }
         let tracker = TaskTracker::new();
         for i in 0..TASKS {
-            if way == "bare" {
+            if way == Way::Bare {
                 drop(tracker.spawn(async move {
                     black_box(i);
                 }));
@@ -117,14 +149,14 @@ fn batch(
             let id = registries.ids.fetch_add(1, Ordering::Relaxed);
             let registries = Arc::clone(registries);
             let task = match way {
-                "map" => {
+                Way::Map => {
                     registries.map.insert(id, ());
                     tracker.spawn(async move {
                         black_box(i);
                         registries.map.remove(&id);
                     })
                 }
-                "by-value" => {
+                Way::ByValue => {
                     registries.by_value.insert(id, [i; 15]);
                     tracker.spawn(async move {
                         if let Some(state) = registries.by_value.get(&id) {
@@ -133,21 +165,20 @@ fn batch(
                         registries.by_value.remove(&id);
                     })
                 }
-                "pooled" => {
-                    let state = registries.pooled([i; 15]);
-                    registries.shared.insert(id, Arc::clone(&state));
-                    tracker.spawn(async move {
-                        black_box(&state);
-                        registries.shared.remove(&id);
-                        registries.recycle(state);
-                    })
-                }
                 _ => {
-                    let state = Arc::new([i; 15]);
+                    let pooled = way == Way::Pooled;
+                    let state = if pooled {
+                        registries.pooled([i; 15])
+                    } else {
+                        Arc::new([i; 15])
+                    };
                     registries.shared.insert(id, Arc::clone(&state));
                     tracker.spawn(async move {
                         black_box(&state);
                         registries.shared.remove(&id);
+                        if pooled {
+                            registries.recycle(state);
+                        }
                     })
                 }
             };
@@ -196,6 +227,10 @@ fn main() {
     println!("{rounds} rounds of {TASKS} tasks, median wall time per task:");
     for (way, times) in WAYS.iter().zip(per_task) {
         let median = median(times);
-        println!("  {way:<9} {median:>7.0} ns  {:.3}x", median / bare);
+        println!(
+            "  {:<9} {median:>7.0} ns  {:.3}x",
+            way.name(),
+            median / bare
+        );
     }
 }
