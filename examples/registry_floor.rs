@@ -16,6 +16,10 @@
 //!   task is spawned and removed by the task as it ends;
 //! - `by-value`: the entry holds 120 bytes of task state by value (the size of
 //!   the crate's task cell), which the task reads once through the map;
+//! - `lookups`: the same, read three times, as a runner that keeps no
+//!   reference to its task must (at its start, after its poll, at its end:
+//!   a map guard cannot be held across the task's own poll, which may
+//!   schedule into the same shard);
 //! - `shared`: the entry holds that state in an `Arc` that the task holds too:
 //!   a second allocation per task, made on the spawning thread and freed on
 //!   the worker that ran the task, as the crate's cell is;
@@ -26,6 +30,14 @@
 //!
 //! It prints each way's median wall time per task over the rounds (15 by
 //! default) and its ratio to `bare`'s median.
+//!
+//! ```text
+//! cargo run --release --example registry_floor -- alone <way> <tasks>
+//! ```
+//!
+//! runs one batch of `tasks` in one way, with no warm-up: under
+//! `valgrind --tool=callgrind`, the counts of two runs at different sizes
+//! give the instructions a task.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -49,15 +61,17 @@ enum Way {
     Bare,
     Map,
     ByValue,
+    Lookups,
     Shared,
     Pooled,
     Crate,
 }
 
-const WAYS: [Way; 6] = [
+const WAYS: [Way; 7] = [
     Way::Bare,
     Way::Map,
     Way::ByValue,
+    Way::Lookups,
     Way::Shared,
     Way::Pooled,
     Way::Crate,
@@ -69,6 +83,7 @@ impl Way {
             Way::Bare => "bare",
             Way::Map => "map",
             Way::ByValue => "by-value",
+            Way::Lookups => "lookups",
             Way::Shared => "shared",
             Way::Pooled => "pooled",
             Way::Crate => "crate",
@@ -123,6 +138,7 @@ impl Registries {
 /// One batch of `way`, timed.
 fn batch(
     runtime: &Runtime,
+    tasks: u64,
     way: Way,
     registries: &Arc<Registries>,
     background: &Background,
@@ -130,7 +146,7 @@ fn batch(
     let start = Instant::now();
     runtime.block_on(async {
         if way == Way::Crate {
-            for i in 0..TASKS {
+            for i in 0..tasks {
                 drop(background.schedule(async move {
                     black_box(i);
                 }));
@@ -139,7 +155,7 @@ fn batch(
             return;
         }
         let tracker = TaskTracker::new();
-        for i in 0..TASKS {
+        for i in 0..tasks {
             if way == Way::Bare {
                 drop(tracker.spawn(async move {
                     black_box(i);
@@ -156,11 +172,14 @@ fn batch(
                         registries.map.remove(&id);
                     })
                 }
-                Way::ByValue => {
+                Way::ByValue | Way::Lookups => {
+                    let reads = if way == Way::Lookups { 3 } else { 1 };
                     registries.by_value.insert(id, [i; 15]);
                     tracker.spawn(async move {
-                        if let Some(state) = registries.by_value.get(&id) {
-                            black_box(state[0]);
+                        for _ in 0..reads {
+                            if let Some(state) = registries.by_value.get(&id) {
+                                black_box(state[0]);
+                            }
                         }
                         registries.by_value.remove(&id);
                     })
@@ -196,10 +215,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|arg| arg.parse().expect("rounds: a number"))
-        .unwrap_or(15);
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -210,15 +226,33 @@ fn main() {
         .build();
     let registries = Arc::new(Registries::new());
 
+    if let [alone, way, tasks] = args.as_slice() {
+        assert_eq!(
+            alone, "alone",
+            "usage: registry_floor [rounds | alone <way> <tasks>]"
+        );
+        let way = WAYS
+            .into_iter()
+            .find(|known| known.name() == way)
+            .expect("a way: bare, map, by-value, lookups, shared, pooled or crate");
+        let tasks = tasks.parse().expect("tasks: a number");
+        batch(&runtime, tasks, way, &registries, &background);
+        return;
+    }
+    let rounds: usize = args
+        .first()
+        .map(|arg| arg.parse().expect("rounds: a number"))
+        .unwrap_or(15);
+
     // A warm-up batch of each, then the rounds.
     for way in WAYS {
-        batch(&runtime, way, &registries, &background);
+        batch(&runtime, TASKS, way, &registries, &background);
     }
     let mut per_task: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); WAYS.len()];
     for round in 0..rounds {
         for k in 0..WAYS.len() {
             let way = (round + k) % WAYS.len();
-            let took = batch(&runtime, WAYS[way], &registries, &background);
+            let took = batch(&runtime, TASKS, WAYS[way], &registries, &background);
             per_task[way].push(took.as_nanos() as f64 / TASKS as f64);
         }
     }

@@ -153,8 +153,8 @@ impl Detection {
 /// detects and it is an async task (a sync task's thread is its own to
 /// block).
 #[inline]
-pub(crate) fn poll_begins(cell: &TaskCell) {
-    let Some(detection) = cell.shared.detection else {
+pub(crate) fn poll_begins(shared: &Shared, cell: &TaskCell) {
+    let Some(detection) = shared.detection else {
         return;
     };
     if cell.mode != ModeKind::Async {
@@ -178,8 +178,8 @@ pub(crate) fn poll_begins(cell: &TaskCell) {
 
 /// The poll stamped by [`poll_begins`] has returned.
 #[inline]
-pub(crate) fn poll_ends(cell: &TaskCell) {
-    if cell.shared.detection.is_none() {
+pub(crate) fn poll_ends(shared: &Shared) {
+    if shared.detection.is_none() {
         return;
     }
     let _ = SLOT.try_with(|slot| {

@@ -33,17 +33,17 @@ impl CancelOutcome {
 /// never starts; a running async task is dropped at its next poll (then
 /// reported); a running sync task's cancellation fires but its thread runs
 /// on (its eventual result is ignored).
-pub(crate) fn cancel(cell: &Arc<TaskCell>) -> CancelOutcome {
-    match end::end(cell, Err(TaskError::Cancelled), How::Cancel) {
+pub(crate) fn cancel(shared: &Arc<Shared>, cell: &Arc<TaskCell>) -> CancelOutcome {
+    match end::end(shared, cell, Err(TaskError::Cancelled), How::Cancel) {
         Ending::Lost => CancelOutcome::AlreadyEnded,
         Ending::Ended | Ending::Report(_) => CancelOutcome::Cancelled,
     }
 }
 
 /// Cancels the task with this id, if it is in flight.
-pub(crate) fn cancel_id(shared: &Shared, id: TaskId) -> CancelOutcome {
+pub(crate) fn cancel_id(shared: &Arc<Shared>, id: TaskId) -> CancelOutcome {
     match shared.registry.get(id) {
-        Some(cell) => cancel(&cell),
+        Some(cell) => cancel(shared, &cell),
         None if shared.registry.was_issued(id) => CancelOutcome::AlreadyEnded,
         None => CancelOutcome::Unknown,
     }

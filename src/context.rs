@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::TaskInfo;
 use crate::cell::TaskCell;
+use crate::inner::Shared;
 
 thread_local! {
     /// The task being polled (or run, for a sync task) on this thread. A
@@ -93,12 +94,12 @@ impl fmt::Debug for TaskContext {
     }
 }
 
-/// Calls `f` with `cell` as the current task on this thread; the previous
-/// one is back when `f` returns or unwinds.
+/// Calls `f` with `cell`, a task of `shared`, as the current task on this
+/// thread; the previous one is back when `f` returns or unwinds.
 #[inline]
-pub(crate) fn enter<R>(cell: &Arc<TaskCell>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn enter<R>(shared: &Shared, cell: &Arc<TaskCell>, f: impl FnOnce() -> R) -> R {
     /// Clears the thread's blocking stamp, on return and on unwind alike.
-    struct Polled<'a>(&'a TaskCell);
+    struct Polled<'a>(&'a Shared);
 
     impl Drop for Polled<'_> {
         fn drop(&mut self) {
@@ -107,8 +108,8 @@ pub(crate) fn enter<R>(cell: &Arc<TaskCell>, f: impl FnOnce() -> R) -> R {
     }
 
     lend(&CURRENT, &mut Some(Arc::clone(cell)), || {
-        crate::blocking::poll_begins(cell);
-        let _polled = Polled(cell);
+        crate::blocking::poll_begins(shared, cell);
+        let _polled = Polled(shared);
         f()
     })
 }
@@ -152,6 +153,7 @@ pub(crate) fn lend<T: 'static, R>(
 pin_project! {
     /// `work`, polled and dropped with `cell` as the current task.
     pub(crate) struct Scoped<F> {
+        shared: Arc<Shared>,
         cell: Arc<TaskCell>,
         #[pin]
         work: Option<F>,
@@ -161,14 +163,15 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let mut work = this.work;
-            enter(this.cell, || work.set(None));
+            enter(this.shared, this.cell, || work.set(None));
         }
     }
 }
 
-/// Runs `work` with `cell` as the current task.
-pub(crate) fn scope<F: Future>(cell: Arc<TaskCell>, work: F) -> Scoped<F> {
+/// Runs `work` with `cell`, a task of `shared`, as the current task.
+pub(crate) fn scope<F: Future>(shared: Arc<Shared>, cell: Arc<TaskCell>, work: F) -> Scoped<F> {
     Scoped {
+        shared,
         cell,
         work: Some(work),
     }
@@ -181,7 +184,7 @@ impl<F: Future> Future for Scoped<F> {
         let this = self.project();
         let work = this.work;
         // `work` is `None` only inside `drop`.
-        enter(this.cell, || {
+        enter(this.shared, this.cell, || {
             work.as_pin_mut()
                 .map_or(Poll::Pending, |work| work.poll(cx))
         })

@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 
 use crate::cell::{Claim, Claimant, TaskCell};
 use crate::error::{RejectReason, panic_message};
+use crate::inner::Shared;
 use crate::mode::ModeKind;
 use crate::outcome::OutcomeKind;
 use crate::{TaskError, TaskInfo};
@@ -56,13 +57,24 @@ pub(crate) type Report = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Ends a task its admission refused (it never started): reported as
 /// rejected for `reason`.
-pub(crate) fn rejected(cell: &Arc<TaskCell>, reason: RejectReason) {
-    let _ = end(cell, Err(TaskError::Rejected(reason)), How::Unstarted);
+pub(crate) fn rejected(shared: &Arc<Shared>, cell: &Arc<TaskCell>, reason: RejectReason) {
+    let _ = end(
+        shared,
+        cell,
+        Err(TaskError::Rejected(reason)),
+        How::Unstarted,
+    );
 }
 
-/// Ends `cell` with `outcome`, unless its end was claimed already.
+/// Ends `cell`, a task of `shared`, with `outcome`, unless its end was
+/// claimed already.
 #[inline]
-pub(crate) fn end(cell: &Arc<TaskCell>, outcome: Result<(), TaskError>, how: How) -> Ending {
+pub(crate) fn end(
+    shared: &Arc<Shared>,
+    cell: &Arc<TaskCell>,
+    outcome: Result<(), TaskError>,
+    how: How,
+) -> Ending {
     let claimant = match how {
         How::Runner => Claimant::Runner,
         How::RunnerGone => Claimant::RunnerGone,
@@ -85,33 +97,40 @@ pub(crate) fn end(cell: &Arc<TaskCell>, outcome: Result<(), TaskError>, how: How
         Claim::Report { was_started } => was_started,
     };
     if how == How::Runner {
-        return match report_in_place(cell, was_started) {
+        return match report_in_place(shared, cell, was_started) {
             Some(report) => Ending::Report(report),
             None => Ending::Ended,
         };
     }
-    report_detached(cell, was_started);
+    report_detached(shared, cell, was_started);
     Ending::Ended
 }
 
 /// The runner's report: a success ends the task here; a failure's report,
 /// which may await an error handler, is returned to be awaited.
-fn report_in_place(cell: &Arc<TaskCell>, was_started: bool) -> Option<Report> {
+fn report_in_place(
+    shared: &Arc<Shared>,
+    cell: &Arc<TaskCell>,
+    was_started: bool,
+) -> Option<Report> {
     if cell.decided_outcome().is_some_and(Result::is_ok) {
-        take_out(cell, was_started);
+        take_out(shared, cell, was_started);
         return None;
     }
+    let shared = Arc::clone(shared);
     let cell = Arc::clone(cell);
-    Some(Box::pin(async move { report(&cell, was_started).await }))
+    Some(Box::pin(async move {
+        report(&shared, &cell, was_started).await
+    }))
 }
 
 /// Logs a task's decided outcome, hands a failure to its error handler,
 /// then takes the task out of the registry. The caller has claimed its end.
-async fn report(cell: &TaskCell, was_started: bool) {
+async fn report(shared: &Shared, cell: &TaskCell, was_started: bool) {
     if let Some(Err(error)) = cell.decided_outcome() {
         let info = cell.info();
         log_failure(&info, error);
-        cell.shared.failures.record(&info, error);
+        shared.failures.record(&info, error);
         if let Some(handler) = &cell.on_error {
             let call = AssertUnwindSafe(handler.call(&info, error)).catch_unwind();
             if let Err(payload) = call.await {
@@ -119,25 +138,25 @@ async fn report(cell: &TaskCell, was_started: bool) {
             }
         }
     }
-    take_out(cell, was_started);
+    take_out(shared, cell, was_started);
 }
 
 /// Takes a reported task out: counts it, publishes its outcome to its
 /// handle, and removes it from the registry (the counters come first, so
 /// they are final when `wait_idle` sees the registry empty).
 #[inline(always)]
-fn take_out(cell: &TaskCell, was_started: bool) {
-    let registry = &cell.shared.registry;
+fn take_out(shared: &Shared, cell: &TaskCell, was_started: bool) {
+    let registry = &shared.registry;
     let outcome = cell.decided_outcome();
     if let Some(outcome) = outcome {
         registry.counters.ended(was_started, outcome);
     }
     cell.metrics
         .ended(was_started, outcome, || cell.started_at());
-    cell.publish();
+    cell.publish(registry);
     registry.remove(cell.id);
     if cell.unique {
-        cell.shared.unique.release(cell.id);
+        shared.unique.release(cell.id);
     }
 }
 
@@ -145,21 +164,22 @@ fn take_out(cell: &TaskCell, was_started: bool) {
 /// canceller). A sync handler is called in place. An async one runs on the
 /// task's runtime; where no runtime was ever known, on a single-threaded
 /// runtime made for the call.
-fn report_detached(cell: &Arc<TaskCell>, was_started: bool) {
+fn report_detached(shared: &Arc<Shared>, cell: &Arc<TaskCell>, was_started: bool) {
     let async_handler = cell
         .on_error
         .as_ref()
         .is_some_and(|handler| !handler.is_sync());
     if !matches!(cell.decided_outcome(), Some(Err(_))) || !async_handler {
         // Nothing to await (a sync handler completes in its first poll).
-        let _ = report(cell, was_started).now_or_never();
+        let _ = report(shared, cell, was_started).now_or_never();
         return;
     }
     let once = ReportOnce {
+        shared: Arc::clone(shared),
         cell: Arc::clone(cell),
         was_started,
     };
-    if let Some(runtime) = cell.shared.runtime() {
+    if let Some(runtime) = shared.runtime() {
         // If the runtime drops this unrun (it is shutting down), `ReportOnce`
         // still ends the task.
         drop(runtime.spawn(once.run()));
@@ -182,13 +202,14 @@ fn report_detached(cell: &Arc<TaskCell>, was_started: bool) {
 /// A report handed to a runtime: ends the task even if the runtime drops it
 /// before the handler returns.
 struct ReportOnce {
+    shared: Arc<Shared>,
     cell: Arc<TaskCell>,
     was_started: bool,
 }
 
 impl ReportOnce {
     async fn run(self) {
-        report(&self.cell, self.was_started).await;
+        report(&self.shared, &self.cell, self.was_started).await;
     }
 }
 
@@ -200,7 +221,7 @@ impl Drop for ReportOnce {
                 task.name = %self.cell.name(),
                 "async error handler did not finish: its runtime shut down"
             );
-            take_out(&self.cell, self.was_started);
+            take_out(&self.shared, &self.cell, self.was_started);
         }
     }
 }
@@ -212,7 +233,17 @@ impl Drop for ReportOnce {
 /// drop ends the task as cancelled, so no task is ever lost from the
 /// counters, the registry or its handle.
 pub(crate) struct RunnerGuard {
+    /// The task's `Background`: the runner's own reference.
+    pub(crate) shared: Arc<Shared>,
     pub(crate) cell: Arc<TaskCell>,
+}
+
+impl RunnerGuard {
+    /// Ends the task with `outcome`, unless its end was claimed already.
+    #[inline]
+    pub(crate) fn end(&self, outcome: Result<(), TaskError>, how: How) -> Ending {
+        end(&self.shared, &self.cell, outcome, how)
+    }
 }
 
 impl Drop for RunnerGuard {
@@ -222,7 +253,7 @@ impl Drop for RunnerGuard {
         if self.cell.is_ended() {
             return;
         }
-        let _ = end(&self.cell, Err(TaskError::Cancelled), How::RunnerGone);
+        let _ = self.end(Err(TaskError::Cancelled), How::RunnerGone);
     }
 }
 

@@ -35,7 +35,12 @@ impl TaskHandle {
 
     /// Cancels the task; see [`Background::cancel`](crate::Background::cancel).
     pub fn cancel(&self) -> CancelOutcome {
-        crate::cancel::cancel(&self.cell)
+        // Its `Background` is gone only once nothing can run the task: it
+        // has ended.
+        match self.cell.background() {
+            Some(shared) => crate::cancel::cancel(&shared, &self.cell),
+            None => crate::cancel::CancelOutcome::AlreadyEnded,
+        }
     }
 
     /// The handle of the task that holds a unique key, returned to a

@@ -125,7 +125,6 @@ fn admit<Md: Mode, A: Attempts>(
         None => TaskName::Derived(source.type_path),
     };
     let new_task = NewTask {
-        shared: Arc::clone(shared),
         name,
         phase: options.phase,
         mode: Md::KIND,
@@ -170,7 +169,7 @@ fn admit<Md: Mode, A: Attempts>(
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(reason) => {
-            end::rejected(&cell, reason);
+            end::rejected(shared, &cell, reason);
             return handle;
         }
     };
@@ -188,7 +187,10 @@ fn admit<Md: Mode, A: Attempts>(
         .then(|| task_span(&cell, scope))
         .flatten();
     let job = Job {
-        guard: RunnerGuard { cell },
+        guard: RunnerGuard {
+            shared: Arc::clone(shared),
+            cell,
+        },
         attempts: source.attempts,
         extras: {
             let retry = options.retry.filter(|_| source.retrying);
@@ -224,7 +226,7 @@ fn admit<Md: Mode, A: Attempts>(
             let mut job = job;
             match admit_job(&mut job, delayed) {
                 Ok(()) => run::start::<Md, _>(runtime, job),
-                Err(reason) => end::rejected(&job.guard.cell, reason),
+                Err(reason) => end::rejected(shared, &job.guard.cell, reason),
             }
         }
     }
@@ -235,9 +237,10 @@ fn admit<Md: Mode, A: Attempts>(
 /// checked: shutdown sets `closing` before it reads the registry, so a task
 /// either is seen by shutdown or sees `closing` at its admission.
 #[inline(always)]
-fn register(shared: &Shared, task: NewTask) -> Arc<TaskCell> {
+fn register(shared: &Arc<Shared>, task: NewTask) -> Arc<TaskCell> {
     // The id is taken here: a unique task's duplicate takes none.
-    let cell = Arc::new(TaskCell::new(task, shared.registry.next_id()));
+    let id = shared.registry.next_id();
+    let cell = Arc::new(TaskCell::new(task, id, shared, Arc::downgrade(shared)));
     shared.registry.insert(&cell);
     cell.metrics.scheduled();
     cell
@@ -253,7 +256,7 @@ fn admit_job<A>(job: &mut Job<A>, delayed: Option<Start>) -> Result<(), RejectRe
         job.guard.cell.set_due(due);
         job.extras.get_or_insert_default().due = Some(due);
     } else if job.flow().is_none() {
-        job.slot = job.guard.cell.shared.limits.admit(job.admission)?;
+        job.slot = job.guard.shared.limits.admit(job.admission)?;
     }
     Ok(())
 }
@@ -274,7 +277,8 @@ impl<Md: Mode, A: Attempts> Release for Released<Md, A> {
     }
 
     fn reject(&self, reason: RejectReason) {
-        end::rejected(&self.job.guard.cell, reason);
+        let guard = &self.job.guard;
+        end::rejected(&guard.shared, &guard.cell, reason);
     }
 
     fn run(mut self, shared: &Arc<Shared>, turn: Option<Turn>) {

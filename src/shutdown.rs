@@ -15,6 +15,7 @@ use crate::cancel;
 use crate::cell::TaskCell;
 use crate::end::{self, How};
 use crate::outcome::{OutcomeKind, ShutdownList};
+use crate::registry::Registry;
 use crate::{TaskError, TaskInfo};
 
 /// What [`Background::shutdown`] did with every task in flight when it began.
@@ -111,7 +112,8 @@ impl Background {
         shared.extensions.close().await;
         shared.close();
         let deadline = Instant::now() + grace;
-        let cells = shared.registry.entries();
+        let registry = &shared.registry;
+        let cells = registry.entries();
         tracing::info!(
             in_flight = cells.len(),
             ?grace,
@@ -122,7 +124,7 @@ impl Background {
         // task cannot start an unshielded one that was waiting for it.
         let unshielded = || cells.iter().filter(|cell| !cell.shielded);
         for cell in unshielded() {
-            let _ = end::end(cell, Err(TaskError::Cancelled), How::CancelQueued);
+            let _ = end::end(shared, cell, Err(TaskError::Cancelled), How::CancelQueued);
         }
         // Running ones are asked to stop; their runners end them.
         for cell in unshielded() {
@@ -138,7 +140,7 @@ impl Background {
         let mut ended = 0;
         let _ = tokio::time::timeout_at(deadline, async {
             for cell in &cells {
-                cell_ended(cell).await;
+                cell_ended(registry, cell).await;
                 ended += 1;
             }
         })
@@ -148,7 +150,7 @@ impl Background {
             if cell.is_ended() {
                 continue;
             }
-            if cancel::cancel(cell).is_cancelled() {
+            if cancel::cancel(shared, cell).is_cancelled() {
                 tracing::warn!(
                     task.id = %cell.id,
                     task.name = %cell.name(),
@@ -157,7 +159,7 @@ impl Background {
                 overdue.insert(cell.id);
                 // An async task's runner drops its future, then reports it:
                 // once it has ended, its future is gone.
-                ended_past_deadline(cell).await;
+                ended_past_deadline(registry, cell).await;
             }
         }
 
@@ -200,9 +202,9 @@ impl Background {
 /// [`cell_ended`] for a task cancelled past the deadline: its runner drops
 /// its future at the next poll. A poll that does not return (an async task
 /// blocking its thread) holds shutdown up: say so, and keep waiting.
-async fn ended_past_deadline(cell: &TaskCell) {
+async fn ended_past_deadline(registry: &Registry<TaskCell>, cell: &TaskCell) {
     const PATIENCE: Duration = Duration::from_secs(1);
-    if tokio::time::timeout(PATIENCE, cell_ended(cell))
+    if tokio::time::timeout(PATIENCE, cell_ended(registry, cell))
         .await
         .is_err()
     {
@@ -212,18 +214,19 @@ async fn ended_past_deadline(cell: &TaskCell) {
             "an overdue task's future has not been dropped after {PATIENCE:?}: \
              it blocks its thread; shutdown waits for it"
         );
-        cell_ended(cell).await;
+        cell_ended(registry, cell).await;
     }
 }
 
-/// Resolves when `cell` has ended (its handler, if any, has returned).
-async fn cell_ended(cell: &TaskCell) {
+/// Resolves when `cell`, a task of `registry`, has ended (its handler, if
+/// any, has returned).
+async fn cell_ended(registry: &Registry<TaskCell>, cell: &TaskCell) {
     // Most have, by the time shutdown looks: those need no `Notify`.
     if cell.is_ended() {
         return;
     }
     loop {
-        let ended = cell.ended_notified();
+        let ended = cell.ended_notified(registry);
         if cell.is_ended() {
             return;
         }

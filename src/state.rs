@@ -103,9 +103,9 @@ impl TaskContext {
             inside_a_task,
         };
         let context = TaskContext::current().ok_or_else(|| missing(false))?;
-        context
-            .cell
-            .shared
+        // The running task's `Background` is alive: its runner holds it.
+        let shared = context.cell.background().ok_or_else(|| missing(false))?;
+        shared
             .extensions
             .get::<States>()
             .and_then(|states| states.0.get(&TypeId::of::<S>()))

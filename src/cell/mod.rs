@@ -28,7 +28,7 @@ mod state;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ use crate::inner::Shared;
 use crate::metrics::TaskMetrics;
 use crate::mode::ModeKind;
 use crate::name::TaskName;
-use crate::registry::{Counters, Entry};
+use crate::registry::{self, Counters, Entry, Registry};
 use crate::request::RequestScope;
 use crate::{Phase, TaskError, TaskId, TaskInfo};
 
@@ -69,9 +69,10 @@ fn since(after: u64) -> u64 {
 
 /// What the registry, the task's handle and its runner share.
 pub(crate) struct TaskCell {
-    /// The `Background` the task belongs to (one reference per task: the
-    /// registry, its runner and its handle reach it through here).
-    pub(crate) shared: Arc<Shared>,
+    /// The `Background` the task belongs to, for a handle that cancels it.
+    /// Weak: the cell may outlive its task in its `Background`'s pool of
+    /// cells (see `pool.rs`), and the runner holds the `Background` itself.
+    background: Weak<Shared>,
     pub(crate) id: TaskId,
     name: TaskName,
     pub(crate) phase: Phase,
@@ -126,7 +127,6 @@ struct Rare {
 }
 
 pub(crate) struct NewTask {
-    pub(crate) shared: Arc<Shared>,
     pub(crate) name: TaskName,
     pub(crate) phase: Phase,
     pub(crate) mode: ModeKind,
@@ -137,11 +137,18 @@ pub(crate) struct NewTask {
 }
 
 impl TaskCell {
-    pub(crate) fn new(task: NewTask, id: TaskId) -> Self {
-        let metrics = task.shared.instruments.for_task(&task.name, task.phase);
-        let scheduled = task.shared.registry.since_epoch(Instant::now());
+    /// A task's cell in `shared`, reaching it through `background` (a weak
+    /// reference to `shared`).
+    pub(crate) fn new(
+        task: NewTask,
+        id: TaskId,
+        shared: &Shared,
+        background: Weak<Shared>,
+    ) -> Self {
+        let metrics = shared.instruments.for_task(&task.name, task.phase);
+        let scheduled = registry::since_epoch(Instant::now());
         TaskCell {
-            shared: task.shared,
+            background,
             id,
             name: task.name,
             phase: task.phase,
@@ -168,9 +175,14 @@ impl TaskCell {
         self.rare.get_or_init(Box::default)
     }
 
+    /// The `Background` the task belongs to, unless it is gone.
+    pub(crate) fn background(&self) -> Option<Arc<Shared>> {
+        self.background.upgrade()
+    }
+
     /// When the task was scheduled.
     pub(crate) fn scheduled_at(&self) -> Instant {
-        self.shared.registry.at(self.scheduled)
+        registry::at(self.scheduled)
     }
 
     /// The task's name (derived from its type when it was given none).
@@ -218,7 +230,7 @@ impl TaskCell {
         let won = self.state.try_start();
         if won {
             counters.started();
-            let now = self.shared.registry.since_epoch(Instant::now());
+            let now = registry::since_epoch(Instant::now());
             let waited = now.saturating_sub(self.scheduled);
             // SeqCst: `is_started` and `wake_watchers` (see the invariants).
             self.started.store(since(waited), Ordering::SeqCst);
@@ -248,22 +260,18 @@ impl TaskCell {
     }
 
     /// Marks the task ended, once its outcome has been reported, and wakes
-    /// every handle future and a shutdown waiting for it.
-    pub(crate) fn publish(&self) {
+    /// every handle future and a shutdown waiting for it (on its `registry`).
+    pub(crate) fn publish(&self, registry: &Registry<TaskCell>) {
         self.state.publish();
         if self.wake_watchers() & SHUTDOWN != 0 {
-            self.shared.registry.ended.notify_waiters();
+            registry.ended.notify_waiters();
         }
     }
 
     /// Records when a delayed task falls due (once, when its phase comes,
     /// before its runner is spawned).
     pub(crate) fn set_due(&self, due: tokio::time::Instant) {
-        let after = self
-            .shared
-            .registry
-            .since_epoch(due.into_std())
-            .saturating_sub(self.scheduled);
+        let after = registry::since_epoch(due.into_std()).saturating_sub(self.scheduled);
         // SeqCst: as every store of `started` (see `is_started`).
         self.started.store(DUE | since(after), Ordering::SeqCst);
     }
@@ -288,9 +296,7 @@ impl TaskCell {
 
     /// The instant a `started` word (without `DUE`) stands for.
     fn at(&self, word: u64) -> Instant {
-        self.shared
-            .registry
-            .at(self.scheduled.saturating_add(word - 1))
+        registry::at(self.scheduled.saturating_add(word - 1))
     }
 
     /// A future woken at the task's next start or end. Create it, then check
@@ -305,11 +311,11 @@ impl TaskCell {
     }
 
     /// A future woken once the task has ended, for a shutdown: as
-    /// [`notified`](Self::notified), but through the registry's `ended`, so
+    /// [`notified`](Self::notified), but through its registry's `ended`, so
     /// that waiting for a task's end makes nothing (shutdown waits for every
     /// task in flight).
-    pub(crate) fn ended_notified(&self) -> Notified<'_> {
-        let notified = self.shared.registry.ended.notified();
+    pub(crate) fn ended_notified<'a>(&self, registry: &'a Registry<TaskCell>) -> Notified<'a> {
+        let notified = registry.ended.notified();
         // SeqCst, paired with `publish`: see `notified`. (The `Notified` is
         // made first: it hears every `notify_waiters` from then on.)
         self.watched.fetch_or(SHUTDOWN, Ordering::SeqCst);

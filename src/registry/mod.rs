@@ -19,8 +19,8 @@ mod hash;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -53,13 +53,32 @@ pub(crate) struct Registry<E> {
     /// `TaskCell::ended_notified`).
     pub(crate) ended: Notify,
     pub(crate) counters: Counters,
-    /// What tasks' instants count from (made before any task): a task keeps
-    /// its times as nanoseconds after it, a word instead of an `Instant`.
-    epoch: Instant,
+}
+
+/// What tasks' instants count from (set when the first registry is made,
+/// before any task): a task keeps its times as nanoseconds after it, a word
+/// instead of an `Instant`, and reads them without its registry.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `at` as nanoseconds after the epoch (0 for an earlier instant).
+#[inline]
+pub(crate) fn since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The instant `nanos` after the epoch.
+pub(crate) fn at(nanos: u64) -> Instant {
+    epoch() + Duration::from_nanos(nanos)
 }
 
 impl<E> Default for Registry<E> {
     fn default() -> Self {
+        // The epoch comes before the registry's first task.
+        let _ = epoch();
         Registry {
             tasks: DashMap::default(),
             next_id: AtomicU64::new(0),
@@ -67,7 +86,6 @@ impl<E> Default for Registry<E> {
             idle: Notify::new(),
             ended: Notify::new(),
             counters: Counters::default(),
-            epoch: Instant::now(),
         }
     }
 }
@@ -136,17 +154,6 @@ impl<E: Entry> Registry<E> {
 }
 
 impl<E> Registry<E> {
-    /// `at` as nanoseconds after the epoch (0 for an earlier instant).
-    #[inline]
-    pub(crate) fn since_epoch(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// The instant `nanos` after the epoch.
-    pub(crate) fn at(&self, nanos: u64) -> Instant {
-        self.epoch + Duration::from_nanos(nanos)
-    }
-
     /// Calls `f` with each task in flight, in no particular order, copying
     /// nothing out: for readers that keep a few tasks of many (the admin
     /// router's page of tasks, its group counts).

@@ -18,6 +18,7 @@ use super::{Exec, Job};
 use crate::cell::TaskCell;
 use crate::end::{self, Ending, How};
 use crate::error::panic_message;
+use crate::inner::Shared;
 use crate::limits::Permit;
 use crate::mode::ModeKind;
 use crate::request::Turn;
@@ -30,7 +31,7 @@ impl<A: Attempts> Job<A> {
     /// then report the outcome.
     pub(crate) async fn run(mut self, exec: Exec) {
         let cell = Arc::clone(&self.guard.cell);
-        let shared = Arc::clone(&cell.shared);
+        let shared = Arc::clone(&self.guard.shared);
         // Its turn among its request's tasks comes first. A task that must
         // then wait for a limit's permit lets those behind it go on: a limit
         // orders the tasks it holds back among themselves (first come, first
@@ -63,7 +64,7 @@ impl<A: Attempts> Job<A> {
             match shared.limits.admit(self.admission) {
                 Ok(slot) => self.slot = slot,
                 Err(reason) => {
-                    end::rejected(&cell, reason);
+                    end::rejected(&shared, &cell, reason);
                     return;
                 }
             }
@@ -115,7 +116,7 @@ impl<A: Attempts> Job<A> {
             };
             let result = match &exec {
                 Exec::Inline => {
-                    let attempt = run_inline(&cell, work, self.timeout());
+                    let attempt = run_inline(&shared, &cell, work, self.timeout());
                     PassAfterFirstPoll::new(turn.take(), attempt).await
                 }
                 Exec::Blocking(runtime) => {
@@ -130,7 +131,8 @@ impl<A: Attempts> Job<A> {
                         }
                         (None, None) => None,
                     };
-                    run_blocking(runtime, &cell, work, self.timeout(), permit, turn.take()).await
+                    let timeout = self.timeout();
+                    run_blocking(runtime, &shared, &cell, work, timeout, permit, turn.take()).await
                 }
             };
             match (result, self.retry()) {
@@ -159,20 +161,21 @@ impl<A: Attempts> Job<A> {
         // The slot goes back before the task ends: once `wait_idle` or its
         // handle says it has ended, a task scheduled next finds the slot free.
         drop(slot_permit);
-        if let Ending::Report(report) = end::end(&cell, outcome, How::Runner) {
+        if let Ending::Report(report) = self.guard.end(outcome, How::Runner) {
             report.await;
         }
     }
 
     /// Ends a task cancelled while it waited for a slot, if nobody else has.
     fn end_unstarted(self) {
-        let _ = end::end(&self.guard.cell, Err(TaskError::Cancelled), How::Unstarted);
+        let _ = self.guard.end(Err(TaskError::Cancelled), How::Unstarted);
     }
 }
 
 /// One attempt polled in place, without a deadline (built, not an `async fn`,
 /// so that the work is not kept twice in the caller's state).
 fn attempt<'a, W>(
+    shared: &'a Arc<Shared>,
     cell: &'a Arc<TaskCell>,
     work: W,
 ) -> impl Future<Output = Result<(), TaskError>> + Send + 'a
@@ -184,7 +187,11 @@ where
         // A running sync task cannot be interrupted: its cancellation is a
         // signal it observes through `TaskContext`, not a drop at an `.await`.
         interruptible: cell.mode == ModeKind::Async,
-        work: crate::context::scope(Arc::clone(cell), AssertUnwindSafe(work).catch_unwind()),
+        work: crate::context::scope(
+            Arc::clone(shared),
+            Arc::clone(cell),
+            AssertUnwindSafe(work).catch_unwind(),
+        ),
     }
     .map(classify)
 }
@@ -202,6 +209,7 @@ pub(super) fn classify(
 /// One attempt, polled here, with an optional deadline: an async task's
 /// future is dropped if the task is cancelled or its timeout passes.
 async fn run_inline<W>(
+    shared: &Arc<Shared>,
     cell: &Arc<TaskCell>,
     work: W,
     timeout: Option<Duration>,
@@ -210,10 +218,10 @@ where
     W: Future<Output = Result<(), BoxError>> + Send,
 {
     match timeout {
-        Some(timeout) => tokio::time::timeout(timeout, attempt(cell, work))
+        Some(timeout) => tokio::time::timeout(timeout, attempt(shared, cell, work))
             .await
             .unwrap_or(Err(TaskError::TimedOut)),
-        None => attempt(cell, work).await,
+        None => attempt(shared, cell, work).await,
     }
 }
 
@@ -222,6 +230,7 @@ where
 /// fires; the thread cannot be interrupted and runs on, holding its permit.
 async fn run_blocking<W>(
     runtime: &Handle,
+    shared: &Arc<Shared>,
     cell: &Arc<TaskCell>,
     work: W,
     timeout: Option<Duration>,
@@ -231,7 +240,7 @@ async fn run_blocking<W>(
 where
     W: Future<Output = Result<(), BoxError>> + Send + 'static,
 {
-    let context = Arc::clone(cell);
+    let (background, context) = (Arc::clone(shared), Arc::clone(cell));
     let driver = runtime.clone();
     let thread = super::spawn_blocking(runtime, move || {
         let _permit = permit;
@@ -239,7 +248,7 @@ where
         if let Some(turn) = turn {
             turn.pass();
         }
-        driver.block_on(crate::context::scope(context, work))
+        driver.block_on(crate::context::scope(background, context, work))
     });
     let joined = match timeout {
         Some(timeout) => match tokio::time::timeout(timeout, thread).await {

@@ -100,7 +100,7 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
             // order could deadlock with a task holding a slot while it waits
             // for a thread).
             if !job.defers_limits() && job.slot.as_ref().is_none_or(Permit::is_held) {
-                let limits = &job.guard.cell.shared.limits;
+                let limits = &job.guard.shared.limits;
                 job.blocking = limits.blocking.as_ref().map(Permit::request);
             }
             let span = job.take_span();
@@ -252,13 +252,14 @@ mod tests {
     }
 
     /// The small runner keeps the task's future once, with its stage, its
-    /// guard, its turn and its slot around it.
+    /// guard (the task's `Background` and cell), its turn and its slot
+    /// around it.
     #[test]
     fn a_simple_task_keeps_its_future_once() {
         let work = std::mem::size_of::<Large>();
         let run = size_of_output(&Job::<Once<Large>>::run_simple);
         assert!(
-            run <= work + 48,
+            run <= work + 56,
             "the runner of a {work}-byte future takes {run} bytes"
         );
     }

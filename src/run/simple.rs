@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::Job;
 use super::attempts::classify;
-use crate::end::{self, Ending, How, Report, RunnerGuard};
+use crate::end::{Ending, How, Report, RunnerGuard};
 use crate::limits::Permit;
 use crate::mode::ModeKind;
 use crate::request::Turn;
@@ -84,7 +84,8 @@ pin_project! {
             let this = this.project();
             let mut stage = this.stage;
             if !matches!(stage.as_mut().project(), StageProj::Done) {
-                crate::context::enter(&this.guard.cell, || stage.set(Stage::Done));
+                let guard = this.guard;
+                crate::context::enter(&guard.shared, &guard.cell, || stage.set(Stage::Done));
             }
         }
     }
@@ -99,7 +100,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
         let mut stage = this.stage;
-        let cell = &this.guard.cell;
+        let guard = &*this.guard;
+        let (shared, cell) = (&guard.shared, &guard.cell);
         if let StageProj::Reporting { report } = stage.as_mut().project() {
             ready!(report.as_mut().poll(cx));
             stage.set(Stage::Done);
@@ -107,9 +109,9 @@ where
         }
         // Only this runner starts the task, so "not started" means "not yet".
         if !cell.is_started() {
-            if !cell.try_start(&cell.shared.registry.counters) {
+            if !cell.try_start(&shared.registry.counters) {
                 // Ended while queued (cancelled at shutdown): already reported.
-                crate::context::enter(cell, || stage.set(Stage::Done));
+                crate::context::enter(shared, cell, || stage.set(Stage::Done));
                 return Poll::Ready(());
             }
             // A sync task starts when its work is called: now.
@@ -126,7 +128,7 @@ where
         // The work is polled, and dropped once it is over (before its outcome
         // is published), with its task current.
         let turn = this.turn;
-        let polled = crate::context::enter(cell, || {
+        let polled = crate::context::enter(shared, cell, || {
             let outcome = match stage.as_mut().project() {
                 StageProj::Work { .. } if cancelled => Err(TaskError::Cancelled),
                 StageProj::Work { work } => {
@@ -156,7 +158,7 @@ where
         // The slot goes back before the task ends: once `wait_idle` or its
         // handle says it has ended, a task scheduled next finds the slot free.
         drop(this.slot.take());
-        match end::end(cell, outcome, How::Runner) {
+        match guard.end(outcome, How::Runner) {
             Ending::Lost | Ending::Ended => Poll::Ready(()),
             Ending::Report(mut report) => {
                 if report.as_mut().poll(cx).is_ready() {
