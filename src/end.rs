@@ -249,8 +249,10 @@ impl RunnerGuard {
 impl Drop for RunnerGuard {
     fn drop(&mut self) {
         // Nearly every guard is dropped after its runner ended the task: an
-        // ended task's end is claimed and reported, nothing is left to take.
+        // ended task's end is claimed and reported, nothing is left to take
+        // but its cell, kept for reuse if this was its last reference.
         if self.cell.is_ended() {
+            self.shared.cells.recycle(&mut self.cell);
             return;
         }
         let _ = self.end(Err(TaskError::Cancelled), How::RunnerGone);

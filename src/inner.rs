@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::blocking::Detection;
-use crate::cell::TaskCell;
+use crate::cell::{CellPool, TaskCell};
 use crate::failures::RecentFailures;
 use crate::flow::Flow;
 use crate::hook::ShutdownHooks;
@@ -29,6 +29,8 @@ use crate::unique::UniqueKeys;
 /// Everything a `Background` and its clones share.
 pub(crate) struct Shared {
     pub(crate) registry: Registry<TaskCell>,
+    /// Cells of ended tasks, kept for the next ones.
+    pub(crate) cells: CellPool,
     pub(crate) default_config: TaskOptions,
     /// `Some` once a runtime is known: at build time, or at the first
     /// `schedule` made inside one.
@@ -64,6 +66,7 @@ impl Shared {
     ) -> Self {
         Shared {
             registry: Registry::default(),
+            cells: CellPool::new(),
             default_config,
             runtime: OnceLock::new(),
             closing: AtomicBool::new(false),

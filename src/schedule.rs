@@ -239,8 +239,7 @@ fn admit<Md: Mode, A: Attempts>(
 #[inline(always)]
 fn register(shared: &Arc<Shared>, task: NewTask) -> Arc<TaskCell> {
     // The id is taken here: a unique task's duplicate takes none.
-    let id = shared.registry.next_id();
-    let cell = Arc::new(TaskCell::new(task, id, shared, Arc::downgrade(shared)));
+    let cell = shared.cells.cell(shared, task, shared.registry.next_id());
     shared.registry.insert(&cell);
     cell.metrics.scheduled();
     cell

@@ -24,6 +24,7 @@
 //!   A shutdown waiting for the task's end is woken the same way, through
 //!   the registry's `ended` (its own flag in `watched`).
 
+mod pool;
 mod state;
 
 use std::borrow::Cow;
@@ -47,6 +48,7 @@ use crate::registry::{self, Counters, Entry, Registry};
 use crate::request::RequestScope;
 use crate::{Phase, TaskError, TaskId, TaskInfo};
 
+pub(crate) use pool::CellPool;
 pub(crate) use state::{Claim, Claimant};
 use state::{Recorded, TaskState};
 
@@ -168,6 +170,27 @@ impl TaskCell {
             rare: OnceBox::new(),
             metrics,
         }
+    }
+
+    /// Makes this cell, whose task has ended and which nobody else holds,
+    /// the cell of `task`, keeping its reference to its `Background`.
+    fn reuse(&mut self, task: NewTask, id: TaskId, shared: &Shared) {
+        let background = std::mem::replace(&mut self.background, Weak::new());
+        *self = TaskCell::new(task, id, shared, background);
+    }
+
+    /// Drops what this cell, whose task has ended and which nobody else
+    /// holds, keeps of its task and of others: its request (which holds the
+    /// request's span and its `Background`), its error handler, an owned
+    /// name, the rare part (an error, a token) and a waker (which holds the
+    /// runtime's task). What is left is plain data, the metric handles of
+    /// its name and a weak reference to its `Background`.
+    fn vacate(&mut self) {
+        self.request = None;
+        self.on_error = None;
+        self.name = TaskName::Derived("");
+        self.rare = OnceBox::new();
+        self.waker = AtomicWaker::new();
     }
 
     /// The rare part, made now if it was not yet.
