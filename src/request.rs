@@ -292,12 +292,19 @@ impl fmt::Debug for RequestScope {
 }
 
 /// The right of a request's released task to be the one starting; see the
-/// module's invariants. Given up when dropped.
+/// module's invariants. Given up when dropped. The default is an empty turn
+/// (a task outside a request holds none).
+#[derive(Default)]
 pub(crate) struct Turn(Option<Arc<RequestScope>>);
 
 impl Turn {
-    /// Lets the next released task start.
+    /// Lets the next released task start (nothing, for an empty turn).
     pub(crate) fn pass(self) {}
+
+    /// The turn, leaving an empty one in its place.
+    pub(crate) fn take(&mut self) -> Turn {
+        Turn(self.0.take())
+    }
 }
 
 impl Drop for Turn {

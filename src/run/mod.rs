@@ -253,13 +253,14 @@ mod tests {
 
     /// The small runner keeps the task's future once, with its stage, its
     /// guard (the task's `Background` and cell), its turn and its slot
-    /// around it.
+    /// around it. (tokio lays tasks out in steps of 128 bytes: a word more
+    /// can cost a parked task 128 bytes.)
     #[test]
     fn a_simple_task_keeps_its_future_once() {
         let work = std::mem::size_of::<Large>();
         let run = size_of_output(&Job::<Once<Large>>::run_simple);
         assert!(
-            run <= work + 56,
+            run <= work + 48,
             "the runner of a {work}-byte future takes {run} bytes"
         );
     }

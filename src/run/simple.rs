@@ -39,7 +39,7 @@ impl<A: Attempts> Job<A> {
         SimpleRun {
             stage,
             guard: self.guard,
-            turn: self.turn,
+            turn: self.turn.unwrap_or_default(),
             slot,
         }
     }
@@ -70,9 +70,10 @@ pin_project! {
         #[pin]
         stage: Stage<W>,
         guard: RunnerGuard,
-        // `Some` until given up: before a sync task's work is called, after
-        // an async task's first poll.
-        turn: Option<Turn>,
+        // Held until given up: before a sync task's work is called, after an
+        // async task's first poll. (Not an `Option`: a turn can be empty,
+        // and the word saved keeps the runner in tokio's 128-byte steps.)
+        turn: Turn,
         // Held while the task runs; given back just before it ends.
         slot: Option<OwnedSemaphorePermit>,
     }
@@ -116,9 +117,7 @@ where
             }
             // A sync task starts when its work is called: now.
             if cell.mode == ModeKind::Sync {
-                if let Some(turn) = this.turn.take() {
-                    turn.pass();
-                }
+                this.turn.take().pass();
             }
         }
         // A running sync task cannot be interrupted: its cancellation is a
@@ -134,9 +133,7 @@ where
                 StageProj::Work { work } => {
                     let polled = work.poll(cx);
                     // An async task has started once its first poll returns.
-                    if let Some(turn) = turn.take() {
-                        turn.pass();
-                    }
+                    turn.take().pass();
                     classify(Some(ready!(polled)))
                 }
                 // No attempt could be made, or polled again after the end.
