@@ -103,8 +103,9 @@ impl TaskContext {
             inside_a_task,
         };
         let context = TaskContext::current().ok_or_else(|| missing(false))?;
-        // The running task's `Background` is alive: its runner holds it.
-        let shared = context.cell.background().ok_or_else(|| missing(false))?;
+        // The running task's `Background` is alive (its runner holds it);
+        // were it gone, it would keep no value either.
+        let shared = context.cell.background().ok_or_else(|| missing(true))?;
         shared
             .extensions
             .get::<States>()
