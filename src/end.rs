@@ -117,6 +117,11 @@ fn report_in_place(
         take_out(shared, cell, was_started);
         return None;
     }
+    if !awaits_handler(cell) {
+        // Nothing to await (a sync handler completes in its first poll).
+        let _ = report(shared, cell, was_started).now_or_never();
+        return None;
+    }
     let shared = Arc::clone(shared);
     let cell = Arc::clone(cell);
     Some(Box::pin(async move {
@@ -128,17 +133,32 @@ fn report_in_place(
 /// then takes the task out of the registry. The caller has claimed its end.
 async fn report(shared: &Shared, cell: &TaskCell, was_started: bool) {
     if let Some(Err(error)) = cell.decided_outcome() {
-        let info = cell.info();
-        log_failure(&info, error);
-        shared.failures.record(&info, error);
-        if let Some(handler) = &cell.on_error {
-            let call = AssertUnwindSafe(handler.call(&info, error)).catch_unwind();
-            if let Err(payload) = call.await {
-                log_handler_panic(&info, &panic_message(&*payload));
+        log_failure(cell, error);
+        // A snapshot only for those who keep or read it: a task cancelled at
+        // a shutdown, with no handler, needs none.
+        let handler = cell.on_error.as_ref();
+        if handler.is_some() || shared.failures.keeps(error) {
+            let info = cell.info();
+            shared.failures.record(&info, error);
+            if let Some(handler) = handler {
+                let call = AssertUnwindSafe(handler.call(&info, error)).catch_unwind();
+                if let Err(payload) = call.await {
+                    log_handler_panic(&info, &panic_message(&*payload));
+                }
             }
         }
     }
     take_out(shared, cell, was_started);
+}
+
+/// Whether a failure's report awaits an error handler (an async one): if
+/// not, it completes in its first poll.
+fn awaits_handler(cell: &TaskCell) -> bool {
+    matches!(cell.decided_outcome(), Some(Err(_)))
+        && cell
+            .on_error
+            .as_ref()
+            .is_some_and(|handler| !handler.is_sync())
 }
 
 /// Takes a reported task out: counts it, publishes its outcome to its
@@ -165,11 +185,7 @@ fn take_out(shared: &Shared, cell: &TaskCell, was_started: bool) {
 /// task's runtime; where no runtime was ever known, on a single-threaded
 /// runtime made for the call.
 fn report_detached(shared: &Arc<Shared>, cell: &Arc<TaskCell>, was_started: bool) {
-    let async_handler = cell
-        .on_error
-        .as_ref()
-        .is_some_and(|handler| !handler.is_sync());
-    if !matches!(cell.decided_outcome(), Some(Err(_))) || !async_handler {
+    if !awaits_handler(cell) {
         // Nothing to await (a sync handler completes in its first poll).
         let _ = report(shared, cell, was_started).now_or_never();
         return;
@@ -265,23 +281,24 @@ impl std::fmt::Debug for RunnerGuard {
     }
 }
 
-fn log_failure(info: &TaskInfo, error: &TaskError) {
-    let path = info.path.as_deref().unwrap_or("");
+/// Logs a failure, reading its task's fields only if the event is enabled.
+fn log_failure(cell: &TaskCell, error: &TaskError) {
+    let path = || cell.request.as_ref().map_or("", |r| r.meta.path.as_str());
     if OutcomeKind::of_error(error).is_error() {
         tracing::error!(
-            task.id = %info.id,
-            task.name = %info.name,
-            task.phase = %info.phase,
-            request.path = %path,
+            task.id = %cell.id,
+            task.name = %cell.name(),
+            task.phase = %cell.phase,
+            request.path = %path(),
             error = %error,
             "background task did not complete"
         );
     } else {
         tracing::warn!(
-            task.id = %info.id,
-            task.name = %info.name,
-            task.phase = %info.phase,
-            request.path = %path,
+            task.id = %cell.id,
+            task.name = %cell.name(),
+            task.phase = %cell.phase,
+            request.path = %path(),
             error = %error,
             "background task did not complete"
         );

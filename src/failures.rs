@@ -46,9 +46,15 @@ impl RecentFailures {
         }
     }
 
+    /// Whether [`record`](Self::record) keeps a failure with `error`: not a
+    /// cancellation, nor anything when the capacity is 0.
+    pub(crate) fn keeps(&self, error: &TaskError) -> bool {
+        self.capacity != 0 && OutcomeKind::of_error(error) != OutcomeKind::Cancelled
+    }
+
     /// Keeps `error` if it is a failure (a cancellation is not).
     pub(crate) fn record(&self, info: &TaskInfo, error: &TaskError) {
-        if self.capacity == 0 || OutcomeKind::of_error(error) == OutcomeKind::Cancelled {
+        if !self.keeps(error) {
             return;
         }
         let failure = RecentFailure {

@@ -795,6 +795,54 @@ async fn failure_without_handler_is_logged_and_counted() {
     );
 }
 
+#[tokio::test]
+async fn a_failures_log_line_names_its_task_phase_and_request_path() {
+    let log = Captured::default();
+    let _guard = log.install(tracing::Level::WARN);
+    let background = Background::new();
+    let (app, mut handles) = job_router(&background, |tasks| {
+        vec![
+            tasks.schedule(Charge {
+                fail_with: Some(503),
+            }),
+            tasks
+                .after_response()
+                .task()
+                .name("held-forever")
+                .build()
+                .schedule(std::future::pending::<()>()),
+        ]
+    });
+    assert_eq!(
+        get_request(&app, "/job?user=7").await.0,
+        StatusCode::ACCEPTED
+    );
+    let failed = within("handle", handles.recv()).await.unwrap();
+    let held = within("handle", handles.recv()).await.unwrap();
+    assert!(within("outcome", failed.outcome()).await.is_err());
+    assert!(held.cancel().is_cancelled());
+    within("idle", background.wait_idle()).await;
+
+    let lines = log.lines();
+    let line = |level: &str, name: &str, phase: Phase| {
+        lines.iter().any(|line| {
+            line.contains(level)
+                && line.contains("background task did not complete")
+                && line.contains(&format!("task.name={name}"))
+                && line.contains(&format!("task.phase={phase}"))
+                && line.contains("request.path=/job")
+        })
+    };
+    assert!(
+        line("ERROR", "Charge", Phase::Immediate),
+        "no ERROR line for the failure in {lines:#?}"
+    );
+    assert!(
+        line("WARN", "held-forever", Phase::AfterResponse),
+        "no WARN line for the cancellation in {lines:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_add_up_after_wait_idle() {
     let background = Background::new();
