@@ -193,6 +193,11 @@ impl Extensions {
         }
     }
 
+    /// Whether there is no plug-in.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether a plug-in wrote the task with this id to a store at shutdown.
     pub(crate) fn stored(&self, id: crate::TaskId) -> bool {
         self.0.iter().any(|extension| extension.stored(id))

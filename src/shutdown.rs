@@ -5,7 +5,7 @@
 pub use crate::hook::{FnHook, PluginHook, SharedShutdownHook};
 pub use crate::hook::{IntoShutdownHook, ShutdownHook};
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -65,6 +65,36 @@ impl ShutdownReport {
     /// Whether no task was in flight when shutdown began.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Lists `cell`, a task that has ended (or whose outcome is decided), by
+    /// its outcome, or as overdue.
+    fn list(&mut self, cell: &TaskCell, overdue: bool) {
+        let outcome = cell
+            .decided_outcome()
+            .cloned()
+            .unwrap_or(Err(TaskError::Cancelled));
+        let list = if overdue {
+            &mut self.overdue
+        } else {
+            match OutcomeKind::of(&outcome).shutdown_list() {
+                ShutdownList::Finished => &mut self.finished,
+                ShutdownList::Cancelled => &mut self.cancelled,
+            }
+        };
+        list.push(ShutdownEntry {
+            info: cell.info(),
+            outcome,
+            stored: false,
+        });
+    }
+
+    /// Every entry, list by list.
+    fn entries_mut(&mut self) -> impl Iterator<Item = &mut ShutdownEntry> {
+        self.finished
+            .iter_mut()
+            .chain(&mut self.cancelled)
+            .chain(&mut self.overdue)
     }
 }
 
@@ -131,64 +161,47 @@ impl Background {
             cell.request_cancel();
         }
 
-        // Wait for every task to end, up to the deadline. Past it, a task
-        // still running or waiting is cancelled as `cancel` does it, and is
-        // overdue; one whose outcome is decided but whose handler is still
-        // running is not.
-        // One timer for them all: `ended` counts the tasks seen ended, in
-        // order, until the deadline.
-        let mut ended = 0;
+        // Wait for every task to end, up to the deadline, and list each as it
+        // ends (while its cell is still in the cache). Past the deadline, a
+        // task still running or waiting is cancelled as `cancel` does it, and
+        // is overdue; one whose outcome is decided but whose handler is still
+        // running is not. One timer for them all.
+        let mut report = ShutdownReport::default();
+        let mut waiting = VecDeque::from(cells);
         let _ = tokio::time::timeout_at(deadline, async {
-            for cell in &cells {
+            while let Some(cell) = waiting.front() {
                 cell_ended(registry, cell).await;
-                ended += 1;
+                report.list(cell, false);
+                waiting.pop_front();
             }
         })
         .await;
-        let mut overdue = HashSet::new();
-        for cell in &cells[ended..] {
-            if cell.is_ended() {
-                continue;
-            }
-            if cancel::cancel(shared, cell).is_cancelled() {
+        for cell in waiting {
+            let overdue = !cell.is_ended() && cancel::cancel(shared, &cell).is_cancelled();
+            if overdue {
                 tracing::warn!(
                     task.id = %cell.id,
                     task.name = %cell.name(),
                     "task outlived the shutdown grace period"
                 );
-                overdue.insert(cell.id);
                 // An async task's runner drops its future, then reports it:
                 // once it has ended, its future is gone.
-                ended_past_deadline(registry, cell).await;
+                ended_past_deadline(registry, &cell).await;
             }
+            report.list(&cell, overdue);
         }
 
         // Plug-ins finish what is left (durable workers write their last
         // outcomes and put back the jobs they had not started).
         shared.extensions.drain(deadline).await;
+        if !shared.extensions.is_empty() {
+            for entry in report.entries_mut() {
+                entry.stored = shared.extensions.stored(entry.info.id);
+            }
+        }
 
         shared.hooks.run().await;
 
-        let mut report = ShutdownReport::default();
-        for cell in cells {
-            let outcome = cell
-                .decided_outcome()
-                .cloned()
-                .unwrap_or(Err(TaskError::Cancelled));
-            let list = if overdue.contains(&cell.id) {
-                &mut report.overdue
-            } else {
-                match OutcomeKind::of(&outcome).shutdown_list() {
-                    ShutdownList::Finished => &mut report.finished,
-                    ShutdownList::Cancelled => &mut report.cancelled,
-                }
-            };
-            list.push(ShutdownEntry {
-                stored: shared.extensions.stored(cell.id),
-                info: cell.info(),
-                outcome,
-            });
-        }
         tracing::info!(
             finished = report.finished.len(),
             cancelled = report.cancelled.len(),
