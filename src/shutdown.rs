@@ -153,8 +153,10 @@ impl Background {
         // Queued ones first, so that a slot freed by cancelling a running
         // task cannot start an unshielded one that was waiting for it.
         let unshielded = || cells.iter().filter(|cell| !cell.shielded);
+        let mut to_cancel = 0;
         for cell in unshielded() {
             let _ = end::end(shared, cell, Err(TaskError::Cancelled), How::CancelQueued);
+            to_cancel += 1;
         }
         // Running ones are asked to stop; their runners end them.
         for cell in unshielded() {
@@ -166,7 +168,13 @@ impl Background {
         // task still running or waiting is cancelled as `cancel` does it, and
         // is overdue; one whose outcome is decided but whose handler is still
         // running is not. One timer for them all.
-        let mut report = ShutdownReport::default();
+        // Room for what most shutdowns see: unshielded tasks cancelled,
+        // shielded ones finished.
+        let mut report = ShutdownReport {
+            finished: Vec::with_capacity(cells.len() - to_cancel),
+            cancelled: Vec::with_capacity(to_cancel),
+            overdue: Vec::new(),
+        };
         let mut waiting = VecDeque::from(cells);
         let _ = tokio::time::timeout_at(deadline, async {
             while let Some(cell) = waiting.front() {
