@@ -241,6 +241,12 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
+    /// Whether a task may wait for a slot that a running task holds
+    /// (`max_in_flight`, `max_blocking`).
+    pub(crate) fn queues(&self) -> bool {
+        self.in_flight.is_some() || self.blocking.is_some()
+    }
+
     /// Whether every `max_in_flight` slot is taken, whatever the overflow
     /// policy: a task scheduled now would be rejected or would queue. One
     /// atomic load; `false` without `max_in_flight`.

@@ -149,17 +149,29 @@ impl Background {
             "background shutdown started"
         );
 
-        // Queued ones first, so that a slot freed by cancelling a running
-        // task cannot start an unshielded one that was waiting for it.
+        // Queued ones are ended, running ones asked to stop (their runners
+        // end them). Where a running task holds a slot another waits for (a
+        // limit, a flow), every queued one first: cancelling a running task
+        // must not start an unshielded one waiting for its slot. Elsewhere
+        // in one visit of each task.
         let unshielded = || cells.iter().filter(|cell| !cell.shielded);
         let mut to_cancel = 0;
-        for cell in unshielded() {
-            let _ = end::end(shared, cell, Err(TaskError::Cancelled), How::CancelQueued);
-            to_cancel += 1;
-        }
-        // Running ones are asked to stop; their runners end them.
-        for cell in unshielded() {
-            cell.request_cancel();
+        if shared.limits.queues() || !shared.flows.is_empty() {
+            for cell in unshielded() {
+                let _ = end::end(shared, cell, Err(TaskError::Cancelled), How::CancelQueued);
+                to_cancel += 1;
+            }
+            for cell in unshielded() {
+                cell.request_cancel();
+            }
+        } else {
+            for cell in unshielded() {
+                let ending = end::end(shared, cell, Err(TaskError::Cancelled), How::CancelQueued);
+                if matches!(ending, end::Ending::Lost) {
+                    cell.request_cancel();
+                }
+                to_cancel += 1;
+            }
         }
 
         // Wait for every task to end, up to the deadline, and list each as it

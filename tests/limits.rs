@@ -23,8 +23,8 @@ use axum::response::Response;
 use axum::routing::get;
 use axum_background::handler::{IntoErrorHandler, SharedErrorHandler};
 use axum_background::{
-    Background, BackgroundTask, BoxError, OverflowPolicy, Phase, RejectReason, RetryPolicy,
-    TaskConfig, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo, Tasks, mode,
+    Background, BackgroundTask, BoxError, FlowLimit, OverflowPolicy, Phase, RejectReason,
+    RetryPolicy, TaskConfig, TaskContext, TaskError, TaskHandle, TaskId, TaskInfo, Tasks, mode,
 };
 use bytes::Bytes;
 use futures_util::stream;
@@ -1582,6 +1582,35 @@ async fn unshielded_task_queued_for_an_in_flight_slot_never_starts_once_shutdown
     assert!(
         matches!(outcome, Some(Err(TaskError::Cancelled))),
         "{outcome:?}"
+    );
+    assert_eq!(
+        ids(&util::infos(&report.cancelled)),
+        [holder.id(), between.id(), queued.id()]
+    );
+}
+
+/// As above, for a task queued behind a running one of its flow (at most one
+/// of the flow at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unshielded_task_queued_behind_its_flow_never_starts_once_shutdown_begins() {
+    let background = Background::builder()
+        .flow("one-at-a-time", FlowLimit::new().concurrency(1))
+        .build();
+    let flow = background.task().name("one-at-a-time").build();
+    let holder = flow.schedule(std::future::pending::<()>());
+    within("the holder to start", holder.started()).await;
+    let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
+    let (between, response) = task_waiting_for_its_phase(&background, wait_for_a_run(ran_rx)).await;
+    let queued = flow.schedule(async move {
+        let _ = ran_tx.send(());
+    });
+
+    let report = within("shutdown", background.shutdown(Duration::from_secs(10))).await;
+    drop(response);
+
+    assert!(
+        !queued.is_started(),
+        "an unshielded task queued behind its flow started after shutdown began"
     );
     assert_eq!(
         ids(&util::infos(&report.cancelled)),
