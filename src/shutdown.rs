@@ -5,6 +5,7 @@
 pub use crate::hook::{FnHook, PluginHook, SharedShutdownHook};
 pub use crate::hook::{IntoShutdownHook, ShutdownHook};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -12,7 +13,8 @@ use tokio::time::Instant;
 use crate::background::Background;
 use crate::cancel;
 use crate::cell::TaskCell;
-use crate::end::{self, How};
+use crate::end::{self, Ending, How};
+use crate::inner::Shared;
 use crate::outcome::{OutcomeKind, ShutdownList};
 use crate::registry::Registry;
 use crate::{TaskError, TaskInfo};
@@ -149,38 +151,8 @@ impl Background {
             "background shutdown started"
         );
 
-        // Queued ones are ended, running ones asked to stop (their runners
-        // end them). Where a running task holds a slot another waits for (a
-        // limit, a flow), every queued one first: cancelling a running task
-        // must not start an unshielded one waiting for its slot. Elsewhere
-        // in one visit of each task.
-        let unshielded = || cells.iter().filter(|cell| !cell.shielded);
-        let mut to_cancel = 0;
-        if shared.limits.queues() || !shared.flows.is_empty() {
-            for cell in unshielded() {
-                let _ = end::end(shared, cell, Err(TaskError::Cancelled), How::CancelQueued);
-                to_cancel += 1;
-            }
-            for cell in unshielded() {
-                cell.request_cancel();
-            }
-        } else {
-            for cell in unshielded() {
-                let ending = end::end(shared, cell, Err(TaskError::Cancelled), How::CancelQueued);
-                if matches!(ending, end::Ending::Lost) {
-                    cell.request_cancel();
-                }
-                to_cancel += 1;
-            }
-        }
+        let to_cancel = cancel_unshielded(shared, &cells);
 
-        // Wait for every task to end, up to the deadline, and list each as it
-        // ends (while its cell is still in the cache). Past the deadline, a
-        // task still running or waiting is cancelled as `cancel` does it, and
-        // is overdue; one whose outcome is decided but whose handler is still
-        // running is not. One timer for them all. The cells are let go only
-        // at the end: freed while runners still end tasks, they would contend
-        // with them for the allocator (a third slower, at a million tasks).
         // Room for what most shutdowns see: unshielded tasks cancelled,
         // shielded ones finished.
         let mut report = ShutdownReport {
@@ -188,6 +160,13 @@ impl Background {
             cancelled: Vec::with_capacity(to_cancel),
             overdue: Vec::new(),
         };
+        // Wait for every task to end, up to the deadline, and list each as it
+        // ends (while its cell is still in the cache). Past the deadline, a
+        // task still running or waiting is cancelled as `cancel` does it, and
+        // is overdue; one whose outcome is decided but whose handler is still
+        // running is not. One timer for them all. The cells are let go only
+        // at the end: freed while runners still end tasks, they would contend
+        // with them for the allocator (a third slower, at a million tasks).
         let mut listed = 0;
         let _ = tokio::time::timeout_at(deadline, async {
             for cell in &cells {
@@ -233,6 +212,35 @@ impl Background {
     }
 }
 
+/// Ends the unshielded tasks among `cells` that are queued, and asks the
+/// running ones to stop (their runners end them); returns how many.
+///
+/// Where a running task holds a slot another waits for (a limit, a flow),
+/// every queued one first: cancelling a running task must not start an
+/// unshielded one waiting for its slot. Elsewhere in one visit of each task.
+fn cancel_unshielded(shared: &Arc<Shared>, cells: &[Arc<TaskCell>]) -> usize {
+    let unshielded = || cells.iter().filter(|cell| !cell.shielded);
+    let end_queued = |cell| end::end(shared, cell, Err(TaskError::Cancelled), How::CancelQueued);
+    let mut count = 0;
+    if shared.limits.queues() || !shared.flows.is_empty() {
+        for cell in unshielded() {
+            let _ = end_queued(cell);
+            count += 1;
+        }
+        for cell in unshielded() {
+            cell.request_cancel();
+        }
+    } else {
+        for cell in unshielded() {
+            if let Ending::Lost = end_queued(cell) {
+                cell.request_cancel();
+            }
+            count += 1;
+        }
+    }
+    count
+}
+
 /// [`cell_ended`] for a task cancelled past the deadline: its runner drops
 /// its future at the next poll. A poll that does not return (an async task
 /// blocking its thread) holds shutdown up: say so, and keep waiting.
@@ -256,6 +264,12 @@ async fn ended_past_deadline(registry: &Registry<TaskCell>, cell: &TaskCell) {
 /// any, has returned).
 async fn cell_ended(registry: &Registry<TaskCell>, cell: &TaskCell) {
     // Most have, by the time shutdown looks: those need no `Notify`.
+    if cell.is_ended() {
+        return;
+    }
+    // Most of the others are about to, their runners queued behind shutdown
+    // on its worker: let them run first, rather than be woken for each.
+    tokio::task::yield_now().await;
     if cell.is_ended() {
         return;
     }
