@@ -130,11 +130,15 @@ impl<E: Entry> Registry<E> {
     /// are released before this returns).
     pub(crate) fn entries(&self) -> Vec<Arc<E>> {
         let mut entries = Vec::with_capacity(self.len());
-        entries.extend(
-            self.tasks
-                .iter()
-                .map(|entry| (*entry.key(), Arc::clone(entry.value()))),
-        );
+        // A `retain` that keeps every task: it walks each shard under its
+        // write lock, where `iter` would clone and drop a guard for each
+        // entry (two atomic operations a task, a million at a shutdown). A
+        // task ending meanwhile waits for its shard either way; a lookup in
+        // that shard waits too (a unique key's claim, the blocking detector).
+        self.tasks.retain(|id, entry| {
+            entries.push((*id, Arc::clone(entry)));
+            true
+        });
         in_id_order(entries)
     }
 
