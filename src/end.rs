@@ -96,37 +96,30 @@ pub(crate) fn end(
         Claim::LeftToRunner => return Ending::Ended,
         Claim::Report { was_started } => was_started,
     };
+    if cell.decided_outcome().is_some_and(Result::is_ok) {
+        take_out(shared, cell, was_started);
+        return Ending::Ended;
+    }
+    if !awaits_handler(cell) {
+        // Nothing to await (a sync handler completes in its first poll).
+        let _ = report(shared, cell, was_started).now_or_never();
+        return Ending::Ended;
+    }
+    // An async error handler: its runner awaits it; anyone else hands it
+    // to a runtime.
     if how == How::Runner {
-        return match report_in_place(shared, cell, was_started) {
-            Some(report) => Ending::Report(report),
-            None => Ending::Ended,
-        };
+        return Ending::Report(awaited_report(shared, cell, was_started));
     }
     report_detached(shared, cell, was_started);
     Ending::Ended
 }
 
-/// The runner's report: a success ends the task here; a failure's report,
-/// which may await an error handler, is returned to be awaited.
-fn report_in_place(
-    shared: &Arc<Shared>,
-    cell: &Arc<TaskCell>,
-    was_started: bool,
-) -> Option<Report> {
-    if cell.decided_outcome().is_some_and(Result::is_ok) {
-        take_out(shared, cell, was_started);
-        return None;
-    }
-    if !awaits_handler(cell) {
-        // Nothing to await (a sync handler completes in its first poll).
-        let _ = report(shared, cell, was_started).now_or_never();
-        return None;
-    }
-    let shared = Arc::clone(shared);
-    let cell = Arc::clone(cell);
-    Some(Box::pin(async move {
-        report(&shared, &cell, was_started).await
-    }))
+/// [`report`] of a failure with an async error handler, for its runner to
+/// await.
+#[cold]
+fn awaited_report(shared: &Arc<Shared>, cell: &Arc<TaskCell>, was_started: bool) -> Report {
+    let (shared, cell) = (Arc::clone(shared), Arc::clone(cell));
+    Box::pin(async move { report(&shared, &cell, was_started).await })
 }
 
 /// Logs a task's decided outcome, hands a failure to its error handler,
@@ -180,16 +173,11 @@ fn take_out(shared: &Shared, cell: &TaskCell, was_started: bool) {
     }
 }
 
-/// [`report`] from a place that cannot await (a `Drop`, a `schedule`, a
-/// canceller). A sync handler is called in place. An async one runs on the
-/// task's runtime; where no runtime was ever known, on a single-threaded
-/// runtime made for the call.
+/// [`report`] of a failure with an async error handler, from a place that
+/// cannot await (a `Drop`, a `schedule`, a canceller): on the task's
+/// runtime; where no runtime was ever known, on a single-threaded runtime
+/// made for the call.
 fn report_detached(shared: &Arc<Shared>, cell: &Arc<TaskCell>, was_started: bool) {
-    if !awaits_handler(cell) {
-        // Nothing to await (a sync handler completes in its first poll).
-        let _ = report(shared, cell, was_started).now_or_never();
-        return;
-    }
     let once = ReportOnce {
         shared: Arc::clone(shared),
         cell: Arc::clone(cell),
