@@ -14,7 +14,7 @@ use crate::inner::Shared;
 use crate::limits::Admission;
 use crate::mode::Mode;
 use crate::name::TaskName;
-use crate::options::{Start, TaskOptions};
+use crate::options::TaskOptions;
 use crate::request::{Link, Release, RequestScope, Turn};
 use crate::run::{self, Extras, Job};
 use crate::task::{Attempts, IntoBackgroundTask, Once, Rerunnable};
@@ -174,7 +174,7 @@ fn admit<Md: Mode, A: Attempts>(
         }
     };
 
-    let delayed = options.start;
+    let start = options.start;
     // Only looked up when flows are registered: other services pay nothing.
     let flow = if shared.flows.is_empty() {
         None
@@ -195,11 +195,12 @@ fn admit<Md: Mode, A: Attempts>(
         extras: {
             let retry = options.retry.filter(|_| source.retrying);
             let bounded =
-                retry.is_some() || options.timeout.is_some() || delayed.is_some() || flow.is_some();
+                retry.is_some() || options.timeout.is_some() || start.is_some() || flow.is_some();
             bounded.then(|| {
                 Box::new(Extras {
                     retry,
                     timeout: options.timeout,
+                    start,
                     due: None,
                     flow,
                 })
@@ -207,9 +208,8 @@ fn admit<Md: Mode, A: Attempts>(
         },
         admission,
         slot: None,
-        blocking: None,
-        turn: None,
-        span,
+        turn: Turn::default(),
+        span: span.map(Box::new),
     };
     match scope {
         // Released when its phase comes, started in the request's order.
@@ -217,14 +217,13 @@ fn admit<Md: Mode, A: Attempts>(
             options.phase,
             Released::<Md, _> {
                 job,
-                delayed,
                 below: None,
                 mode: PhantomData,
             },
         ),
         None => {
             let mut job = job;
-            match admit_job(&mut job, delayed) {
+            match admit_job(&mut job) {
                 Ok(()) => run::start::<Md, _>(runtime, job),
                 Err(reason) => end::rejected(shared, &job.guard.cell, reason),
             }
@@ -248,13 +247,17 @@ fn register(shared: &Arc<Shared>, task: NewTask) -> Arc<TaskCell> {
 /// Requests the task's limits' permits; a delayed task's are asked for
 /// when it falls due, a flow's task's when its flow lets it go.
 #[inline(always)]
-fn admit_job<A>(job: &mut Job<A>, delayed: Option<Start>) -> Result<(), RejectReason> {
-    if let Some(delayed) = delayed {
-        // Its time counts from now.
-        let due = delayed.due(tokio::time::Instant::now());
-        job.guard.cell.set_due(due);
-        job.extras.get_or_insert_default().due = Some(due);
-    } else if job.flow().is_none() {
+fn admit_job<A>(job: &mut Job<A>) -> Result<(), RejectReason> {
+    if let Some(extras) = job.extras.as_deref_mut() {
+        if let Some(start) = extras.start {
+            // Its time counts from now.
+            let due = start.due(tokio::time::Instant::now());
+            job.guard.cell.set_due(due);
+            extras.due = Some(due);
+            return Ok(());
+        }
+    }
+    if job.flow().is_none() {
         job.slot = job.guard.shared.limits.admit(job.admission)?;
     }
     Ok(())
@@ -264,7 +267,6 @@ fn admit_job<A>(job: &mut Job<A>, delayed: Option<Start>) -> Result<(), RejectRe
 /// it is released, then it is handed to its runtime in its turn.
 struct Released<Md, A> {
     job: Job<A>,
-    delayed: Option<Start>,
     /// The task below it where it waits (see `request.rs`).
     below: Link,
     mode: PhantomData<fn() -> Md>,
@@ -272,7 +274,7 @@ struct Released<Md, A> {
 
 impl<Md: Mode, A: Attempts> Release for Released<Md, A> {
     fn admit(&mut self) -> Result<(), RejectReason> {
-        admit_job(&mut self.job, self.delayed)
+        admit_job(&mut self.job)
     }
 
     fn reject(&self, reason: RejectReason) {
@@ -281,7 +283,7 @@ impl<Md: Mode, A: Attempts> Release for Released<Md, A> {
     }
 
     fn run(mut self, shared: &Arc<Shared>, turn: Option<Turn>) {
-        self.job.turn = turn;
+        self.job.turn = turn.unwrap_or_default();
         // No runtime cannot happen here (checked at admission); were it so,
         // dropping the job would end the task as cancelled.
         if let Some(runtime) = shared.runtime() {

@@ -29,7 +29,7 @@ impl<A: Attempts> Job<A> {
     /// Runs the task: wait for its slot, start it (unless it was ended while
     /// queued), run attempts until one succeeds or the retry policy gives up,
     /// then report the outcome.
-    pub(crate) async fn run(mut self, exec: Exec) {
+    pub(crate) async fn run(mut self, mut exec: Exec) {
         let cell = Arc::clone(&self.guard.cell);
         let shared = Arc::clone(&self.guard.shared);
         // Its turn among its request's tasks comes first. A task that must
@@ -69,13 +69,16 @@ impl<A: Attempts> Job<A> {
                 }
             }
         }
-        let blocking = matches!(exec, Exec::Blocking(_));
+        let (blocking, mut thread) = match &mut exec {
+            Exec::Blocking(_, thread) => (true, thread.take()),
+            Exec::Inline => (false, None),
+        };
         let slot_held = self.slot.as_ref().is_none_or(Permit::is_held);
-        if blocking && slot_held && self.blocking.is_none() {
+        if blocking && slot_held && thread.is_none() {
             // A thread permit only with the slot in hand (see `run::start`).
-            self.blocking = shared.limits.blocking.as_ref().map(Permit::request);
+            thread = shared.limits.blocking.as_ref().map(Permit::request);
         }
-        let thread_held = match &self.blocking {
+        let thread_held = match &thread {
             Some(permit) => permit.is_held(),
             None => !blocking || shared.limits.blocking.is_none(),
         };
@@ -93,8 +96,7 @@ impl<A: Attempts> Job<A> {
         // A sync task's first thread permit, after its slot (see `run::start`).
         let mut thread_permit = None;
         if blocking {
-            let permit = self
-                .blocking
+            let permit = thread
                 .take()
                 .or_else(|| shared.limits.blocking.as_ref().map(Permit::request));
             if let Some(permit) = permit {
@@ -119,7 +121,7 @@ impl<A: Attempts> Job<A> {
                     let attempt = run_inline(&shared, &cell, work, self.timeout());
                     PassAfterFirstPoll::new(turn.take(), attempt).await
                 }
-                Exec::Blocking(runtime) => {
+                Exec::Blocking(runtime, _) => {
                     let permit = match (thread_permit.take(), &shared.limits.blocking) {
                         (Some(permit), _) => Some(permit),
                         (None, Some(semaphore)) => {
@@ -235,7 +237,7 @@ async fn run_blocking<W>(
     work: W,
     timeout: Option<Duration>,
     permit: Option<OwnedSemaphorePermit>,
-    turn: Option<Turn>,
+    turn: Turn,
 ) -> Result<(), TaskError>
 where
     W: Future<Output = Result<(), BoxError>> + Send + 'static,
@@ -245,9 +247,7 @@ where
     let thread = super::spawn_blocking(runtime, move || {
         let _permit = permit;
         // The task starts when its work is called: now.
-        if let Some(turn) = turn {
-            turn.pass();
-        }
+        turn.pass();
         driver.block_on(crate::context::scope(background, context, work))
     });
     let joined = match timeout {
@@ -274,14 +274,14 @@ pin_project! {
     /// `inner`, giving up the task's turn once its first poll returns (an
     /// async task has started by then).
     struct PassAfterFirstPoll<F> {
-        turn: Option<Turn>,
+        turn: Turn,
         #[pin]
         inner: F,
     }
 }
 
 impl<F> PassAfterFirstPoll<F> {
-    fn new(turn: Option<Turn>, inner: F) -> Self {
+    fn new(turn: Turn, inner: F) -> Self {
         PassAfterFirstPoll { turn, inner }
     }
 }
@@ -292,9 +292,7 @@ impl<F: Future> Future for PassAfterFirstPoll<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let polled = this.inner.poll(cx);
-        if let Some(turn) = this.turn.take() {
-            turn.pass();
-        }
+        this.turn.take().pass();
         polled
     }
 }

@@ -24,6 +24,7 @@ use crate::end::RunnerGuard;
 use crate::flow::Flow;
 use crate::limits::{Admission, Permit, RetryPolicy};
 use crate::mode::{Mode, ModeKind};
+use crate::options::Start;
 use crate::request::Turn;
 use crate::task::Attempts;
 
@@ -38,16 +39,16 @@ pub(crate) struct Job<A> {
     pub(crate) admission: Admission,
     /// `Some` under `max_in_flight`: the task's slot, held or queued for.
     pub(crate) slot: Option<Permit>,
-    /// `Some` for a sync task under `max_blocking`: its first attempt's
-    /// thread permit, held or queued for.
-    pub(crate) blocking: Option<Permit>,
-    /// `Some` for a task started by a request: its turn in the request's
-    /// start order, given up once it has started (see `request.rs`).
-    pub(crate) turn: Option<Turn>,
+    /// For a task started by a request: its turn in the request's start
+    /// order, given up once it has started (see `request.rs`); empty for
+    /// the others.
+    pub(crate) turn: Turn,
     /// The task's `background_task` span, if it is enabled; the whole run is
     /// instrumented with it. (`None` rather than a disabled span: it is not
-    /// worth carrying, nor dropping, in every task's job.)
-    pub(crate) span: Option<Span>,
+    /// worth carrying, nor dropping, in every task's job. Boxed: a job is
+    /// moved several times on its way to its runner, and a span is five
+    /// words that a service not tracing at DEBUG never fills.)
+    pub(crate) span: Option<Box<Span>>,
 }
 
 /// What a task that waits or is bounded carries.
@@ -55,8 +56,11 @@ pub(crate) struct Job<A> {
 pub(crate) struct Extras {
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) timeout: Option<Duration>,
-    /// `Some` for a delayed task: when it falls due. Its limits' permits are
-    /// asked for then, not before.
+    /// `Some` for a delayed task: when it asked to start, counted from when
+    /// its phase comes (see `due`).
+    pub(crate) start: Option<Start>,
+    /// `Some` for a delayed task once its phase has come: when it falls due.
+    /// Its limits' permits are asked for then, not before.
     pub(crate) due: Option<Instant>,
     /// `Some` for a task of a flow: it waits for its flow, then asks its
     /// limits for their permits.
@@ -78,16 +82,18 @@ pub(crate) enum Exec {
     /// thread this job already runs on for a simple sync task.
     Inline,
     /// On a blocking-pool thread per attempt, this job waiting on the runtime:
-    /// a sync task with a limit, a timeout or retries.
-    Blocking(Handle),
+    /// a sync task with a limit, a timeout or retries. With `max_blocking`,
+    /// the thread permit of its first attempt, held or queued for, if it was
+    /// asked for when the task was started.
+    Blocking(Handle, Option<Permit>),
 }
 
 /// Starts `job` the way its mode runs tasks.
 pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
+    let span = job.take_span();
     match Md::KIND {
         ModeKind::Async => {
-            let span = job.take_span();
-            if job.is_simple() && job.blocking.is_none() {
+            if job.is_simple() {
                 spawn(runtime, span, job.run_simple());
             } else {
                 spawn(runtime, span, job.run(Exec::Inline));
@@ -99,17 +105,17 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
             // never holds a thread permit while it waits for a slot (the other
             // order could deadlock with a task holding a slot while it waits
             // for a thread).
+            let mut thread = None;
             if !job.defers_limits() && job.slot.as_ref().is_none_or(Permit::is_held) {
                 let limits = &job.guard.shared.limits;
-                job.blocking = limits.blocking.as_ref().map(Permit::request);
+                thread = limits.blocking.as_ref().map(Permit::request);
             }
-            let span = job.take_span();
-            if job.is_simple() {
+            if job.is_simple() && thread.as_ref().is_none_or(Permit::is_held) {
                 // One blocking thread does it all; it holds the thread permit.
                 // The runner is made here, not on the thread: the closure
                 // tokio moves around (several times) is the small runner and
                 // a word, not the job.
-                let permit = match job.blocking.take() {
+                let permit = match thread {
                     Some(Permit::Held(permit)) => Some(permit),
                     _ => None,
                 };
@@ -125,7 +131,7 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
                 // Waits (for a slot, a deadline, a backoff) happen on the
                 // runtime; each attempt gets a blocking thread.
                 let driver = runtime.clone();
-                spawn(runtime, span, job.run(Exec::Blocking(driver)));
+                spawn(runtime, span, job.run(Exec::Blocking(driver, thread)));
             }
         }
     }
@@ -133,11 +139,10 @@ pub(crate) fn start<Md: Mode, A: Attempts>(runtime: &Handle, mut job: Job<A>) {
 
 impl<A> Job<A> {
     /// Whether the task can run in one go: nothing to wait for on the runtime
-    /// (a slot, a thread permit, a deadline, a backoff).
+    /// (a slot, a deadline, a backoff; a sync task's thread permit is
+    /// `start`'s to check).
     fn is_simple(&self) -> bool {
-        self.extras.is_none()
-            && self.slot.as_ref().is_none_or(Permit::is_held)
-            && self.blocking.as_ref().is_none_or(Permit::is_held)
+        self.extras.is_none() && self.slot.as_ref().is_none_or(Permit::is_held)
     }
 
     pub(crate) fn retry(&self) -> Option<RetryPolicy> {
@@ -165,7 +170,7 @@ impl<A> Job<A> {
 
     /// The task's span, if it is enabled, for its runner to enter.
     fn take_span(&mut self) -> Option<Span> {
-        self.span.take()
+        self.span.take().map(|span| *span)
     }
 }
 
@@ -249,6 +254,20 @@ mod tests {
         // The metric handles are one more pointer.
         let limit = if cfg!(feature = "metrics") { 128 } else { 120 };
         assert!(cell <= limit, "a task cell takes {cell} bytes");
+    }
+
+    /// A job is moved several times on its way to its runner (into a
+    /// request's line, out of it, into the runner): besides the task's work
+    /// it carries its guard, its slot and a few words, not what only some
+    /// tasks use (a span, a delay, a thread permit).
+    #[test]
+    fn a_job_carries_little_besides_its_work() {
+        let work = std::mem::size_of::<crate::task::Once<Large>>();
+        let job = std::mem::size_of::<Job<crate::task::Once<Large>>>();
+        assert!(
+            job <= work + 72,
+            "the job of a {work}-byte work takes {job} bytes"
+        );
     }
 
     /// The small runner keeps the task's future once, with its stage, its

@@ -39,7 +39,7 @@ impl<A: Attempts> Job<A> {
         SimpleRun {
             stage,
             guard: self.guard,
-            turn: self.turn.unwrap_or_default(),
+            turn: self.turn,
             slot,
         }
     }
