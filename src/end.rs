@@ -100,8 +100,13 @@ pub(crate) fn end(
         take_out(shared, cell, was_started);
         return Ending::Ended;
     }
-    if !awaits_handler(cell) {
-        // Nothing to await (a sync handler completes in its first poll).
+    // A failure: with no error handler or a sync one, its report is over in
+    // its first poll; only an async handler is awaited.
+    if cell
+        .on_error
+        .as_ref()
+        .is_none_or(|handler| handler.is_sync())
+    {
         let _ = report(shared, cell, was_started).now_or_never();
         return Ending::Ended;
     }
@@ -142,16 +147,6 @@ async fn report(shared: &Shared, cell: &TaskCell, was_started: bool) {
         }
     }
     take_out(shared, cell, was_started);
-}
-
-/// Whether a failure's report awaits an error handler (an async one): if
-/// not, it completes in its first poll.
-fn awaits_handler(cell: &TaskCell) -> bool {
-    matches!(cell.decided_outcome(), Some(Err(_)))
-        && cell
-            .on_error
-            .as_ref()
-            .is_some_and(|handler| !handler.is_sync())
 }
 
 /// Takes a reported task out: counts it, publishes its outcome to its
