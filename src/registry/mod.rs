@@ -162,10 +162,14 @@ impl<E: Entry> Registry<E> {
 /// times. Sparser ids (a few long-lived tasks among many ended ones) are
 /// sorted.
 fn in_id_order<E>(mut entries: Vec<(TaskId, Arc<E>)>) -> Vec<Arc<E>> {
-    let ids = entries.iter().map(|(id, _)| id.0);
-    let (Some(first), Some(last)) = (ids.clone().min(), ids.max()) else {
+    if entries.is_empty() {
         return Vec::new();
-    };
+    }
+    let (first, last) = entries
+        .iter()
+        .fold((u64::MAX, 0), |(first, last), (id, _)| {
+            (first.min(id.0), last.max(id.0))
+        });
     let span = usize::try_from(last - first).map_or(usize::MAX, |span| span.saturating_add(1));
     if span > entries.len().saturating_mul(2) {
         entries.sort_unstable_by_key(|(id, _)| *id);
