@@ -58,34 +58,36 @@ impl Stats {
 
 /// The live counters behind [`Stats`].
 ///
+/// Each counts events and only goes up, so a task touches three of them
+/// (scheduled, started, ended) and nothing is counted twice; `queued` and
+/// `running` are what lies between, worked out when read.
+///
 /// Every counter is a statistic, not a synchronisation point: `Relaxed`
 /// suffices, and `Registry::end` publishes them with the `Release` decrement
 /// of the in-flight count that `wait_idle` reads with `Acquire`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     scheduled: AtomicU64,
-    queued: AtomicU64,
-    running: AtomicU64,
+    started: AtomicU64,
     /// Ended tasks, by [`OutcomeKind::index`].
     ended: [AtomicU64; OutcomeKind::ALL.len()],
+    /// Of those, the ones that never started (rejected, or ended while
+    /// queued): few, so a task that starts pays nothing for this.
+    ended_unstarted: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn scheduled(&self) {
         self.scheduled.fetch_add(1, Ordering::Relaxed);
-        self.queued.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn started(&self) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        self.running.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn ended(&self, was_started: bool, outcome: &Result<(), TaskError>) {
-        if was_started {
-            self.running.fetch_sub(1, Ordering::Relaxed);
-        } else {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+        if !was_started {
+            self.ended_unstarted.fetch_add(1, Ordering::Relaxed);
         }
         self.ended[OutcomeKind::of(outcome).index()].fetch_add(1, Ordering::Relaxed);
     }
@@ -93,16 +95,55 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let ended = |kind: OutcomeKind| read(&self.ended[kind.index()]);
-        Stats {
-            scheduled: read(&self.scheduled),
-            queued: read(&self.queued),
-            running: read(&self.running),
+        // A task is counted scheduled, then started, then ended: read in the
+        // other order, an end seen comes with its start and its schedule, and
+        // the differences below stay whole. (Saturated all the same: the
+        // loads are `Relaxed`, and a snapshot under load is approximate.)
+        let ends = Stats {
             completed: ended(OutcomeKind::Completed),
             failed: ended(OutcomeKind::Failed),
             panicked: ended(OutcomeKind::Panicked),
             timed_out: ended(OutcomeKind::TimedOut),
             cancelled: ended(OutcomeKind::Cancelled),
             rejected: ended(OutcomeKind::Rejected),
+            ..Stats::default()
+        };
+        let unstarted = read(&self.ended_unstarted);
+        let started = read(&self.started);
+        let scheduled = read(&self.scheduled);
+        Stats {
+            scheduled,
+            queued: scheduled.saturating_sub(started).saturating_sub(unstarted),
+            running: started.saturating_sub(ends.ended().saturating_sub(unstarted)),
+            ..ends
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `queued` and `running` are what lies between the events counted:
+    /// a task that ended without starting leaves neither.
+    #[test]
+    fn queued_and_running_are_worked_out_from_the_events() {
+        let counters = Counters::default();
+        for _ in 0..5 {
+            counters.scheduled();
+        }
+        counters.started();
+        counters.started();
+        counters.started();
+        counters.ended(true, &Ok(()));
+        counters.ended(false, &Err(TaskError::Cancelled));
+        let stats = counters.snapshot();
+        assert_eq!(
+            (stats.scheduled, stats.queued, stats.running),
+            (5, 1, 2),
+            "{stats:?}"
+        );
+        assert_eq!((stats.completed, stats.cancelled), (1, 1), "{stats:?}");
+        assert_eq!(stats.scheduled, stats.in_flight() + stats.ended());
     }
 }
