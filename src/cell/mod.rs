@@ -98,6 +98,8 @@ pub(crate) struct TaskCell {
     /// task's path; one word for both: a task that is not delayed pays
     /// nothing for the other.)
     started: AtomicU64,
+    /// Runs made: written by the task's runner alone (at its start, then at
+    /// each retry), with a store, not an atomic add.
     attempts: AtomicU32,
     /// The longest a poll was seen holding its thread, in milliseconds (0:
     /// never); see `blocking`.
@@ -257,8 +259,8 @@ impl TaskCell {
             let waited = now.saturating_sub(self.scheduled);
             // SeqCst: `is_started` and `wake_watchers` (see the invariants).
             self.started.store(since(waited), Ordering::SeqCst);
-            // Relaxed: see `info`.
-            self.attempts.fetch_add(1, Ordering::Relaxed);
+            // Relaxed: see `info`. Its first run: a fresh cell counts none.
+            self.attempts.store(1, Ordering::Relaxed);
             self.metrics.started(Duration::from_nanos(waited));
             let _ = self.wake_watchers();
         }
@@ -358,10 +360,10 @@ impl TaskCell {
         watched
     }
 
-    /// Counts one more run of a retried task.
-    pub(crate) fn next_attempt(&self) {
+    /// Records that a retried task is making its `attempt`th run.
+    pub(crate) fn set_attempts(&self, attempt: u32) {
         // Relaxed: see `info`.
-        self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.attempts.store(attempt, Ordering::Relaxed);
     }
 
     pub(crate) fn is_started(&self) -> bool {

@@ -155,7 +155,7 @@ impl<A: Attempts> Job<A> {
                         break Err(TaskError::Cancelled);
                     }
                     attempt += 1;
-                    cell.next_attempt();
+                    cell.set_attempts(attempt);
                 }
                 (result, _) => break result,
             }
