@@ -89,7 +89,7 @@ impl Stack {
 
     /// Moves the tasks onto `onto` one by one, from the top: they end up
     /// there in reverse order, the oldest on top.
-    fn pour_onto(mut self, onto: &mut Stack) {
+    fn pour_onto(&mut self, onto: &mut Stack) {
         while let Some(task) = self.pop() {
             onto.push(task);
         }
@@ -100,8 +100,10 @@ impl Drop for Stack {
     #[inline]
     fn drop(&mut self) {
         // One task at a time: dropped whole, a long stack would nest a drop
-        // per task.
-        while self.pop().is_some() {}
+        // per task. (Most stacks are empty when dropped: that is one test.)
+        if !self.is_empty() {
+            while self.pop().is_some() {}
+        }
     }
 }
 
@@ -140,7 +142,8 @@ impl Line {
     /// The released task whose turn is next.
     fn pop_next(&mut self) -> Option<Box<dyn Release>> {
         if self.next.is_empty() && !self.arrived.is_empty() {
-            std::mem::take(&mut self.arrived).pour_onto(&mut self.next);
+            let Line { arrived, next, .. } = self;
+            arrived.pour_onto(next);
         }
         self.next.pop()
     }
@@ -223,9 +226,9 @@ impl RequestScope {
         // (Poured newest first: the first to be released ends up on top.)
         let mut waiting = Stack::default();
         if ended {
-            std::mem::take(&mut line.after_response).pour_onto(&mut waiting);
+            line.after_response.pour_onto(&mut waiting);
         }
-        std::mem::take(&mut line.after_route).pour_onto(&mut waiting);
+        line.after_route.pour_onto(&mut waiting);
         let mut first = None;
         let mut rejected = Vec::new();
         while let Some(mut task) = waiting.pop() {
