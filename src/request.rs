@@ -47,14 +47,14 @@ pub(crate) trait Release: Send + 'static {
     /// handler): called once no lock is held.
     fn reject(&self, reason: RejectReason);
 
-    /// Hands the admitted task to its runtime; `turn` is given up once it
-    /// has started.
-    fn run(self, shared: &Arc<Shared>, turn: Option<Turn>)
+    /// Hands the admitted task to its runtime; `turn` (empty for a task
+    /// that starts in no order) is given up once it has started.
+    fn run(self, shared: &Arc<Shared>, turn: Turn)
     where
         Self: Sized;
 
     /// `run` for a boxed task.
-    fn run_boxed(self: Box<Self>, shared: &Arc<Shared>, turn: Option<Turn>);
+    fn run_boxed(self: Box<Self>, shared: &Arc<Shared>, turn: Turn);
 
     /// The task below this one in the [`Stack`] it waits in.
     fn below(&mut self) -> &mut Link;
@@ -192,7 +192,7 @@ impl RequestScope {
             }
             Ok(()) => {
                 line.taken |= ordered;
-                ordered.then(|| Turn(Some(Arc::clone(self))))
+                Turn(ordered.then(|| Arc::clone(self)))
             }
             Err(reason) => {
                 drop(line);
@@ -244,7 +244,7 @@ impl RequestScope {
         drop(line);
         drop(request_span);
         if let Some(first) = first {
-            first.run_boxed(&self.shared, Some(Turn(Some(Arc::clone(self)))));
+            first.run_boxed(&self.shared, Turn(Some(Arc::clone(self))));
         }
         for (task, reason) in rejected {
             task.reject(reason);
@@ -269,7 +269,7 @@ impl RequestScope {
             // back here, so that a long line is handed on in this loop and
             // not one nested call per task.
             let handing_on = HandingOn::start();
-            next.run_boxed(&scope.shared, Some(turn));
+            next.run_boxed(&scope.shared, turn);
             match handing_on.given_back() {
                 Some(back) => scope = back,
                 None => return,
@@ -412,17 +412,17 @@ mod loom_model {
             unreachable!("the model's tasks are always admitted")
         }
 
-        fn run(self, _: &Arc<Shared>, turn: Option<Turn>) {
+        fn run(self, _: &Arc<Shared>, turn: Turn) {
             let mut runtime = self.runtime.lock().expect("not poisoned");
             runtime.spawned.push(self.number);
-            if let Some(turn) = turn {
+            if turn.0.is_some() {
                 assert!(!runtime.holding, "two tasks hold the turn");
                 runtime.holding = true;
                 runtime.turns.push(turn);
             }
         }
 
-        fn run_boxed(self: Box<Self>, shared: &Arc<Shared>, turn: Option<Turn>) {
+        fn run_boxed(self: Box<Self>, shared: &Arc<Shared>, turn: Turn) {
             (*self).run(shared, turn);
         }
 

@@ -282,8 +282,8 @@ impl<Md: Mode, A: Attempts> Release for Released<Md, A> {
         end::rejected(&guard.shared, &guard.cell, reason);
     }
 
-    fn run(mut self, shared: &Arc<Shared>, turn: Option<Turn>) {
-        self.job.turn = turn.unwrap_or_default();
+    fn run(mut self, shared: &Arc<Shared>, turn: Turn) {
+        self.job.turn = turn;
         // No runtime cannot happen here (checked at admission); were it so,
         // dropping the job would end the task as cancelled.
         if let Some(runtime) = shared.runtime() {
@@ -291,7 +291,7 @@ impl<Md: Mode, A: Attempts> Release for Released<Md, A> {
         }
     }
 
-    fn run_boxed(self: Box<Self>, shared: &Arc<Shared>, turn: Option<Turn>) {
+    fn run_boxed(self: Box<Self>, shared: &Arc<Shared>, turn: Turn) {
         (*self).run(shared, turn);
     }
 
